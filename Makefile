@@ -1,0 +1,53 @@
+# losswatch developer commands. `make serve` and `make test` work on a fresh clone.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.stamp-install
+HOST    ?= 127.0.0.1
+PORT    ?= 8000
+
+.PHONY: serve test bench demo venv assets browser lint clean
+
+serve: $(STAMP) assets
+	$(BIN)/losswatch serve --host $(HOST) --port $(PORT)
+
+# Everything the tests need is installed here: the virtualenv, the chart library, Chromium.
+test: $(STAMP) assets browser
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+bench: $(STAMP) assets browser
+	$(BIN)/python bench/run.py
+
+demo: $(STAMP)
+	$(BIN)/losswatch demo
+
+venv: $(STAMP)
+
+# torch first, pinned: a bare `torch` requirement resolved alone can pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[server,postgres,torch,dev]"
+	touch $(STAMP)
+
+# The chart library comes from the npm registry at the version pinned in dashboard/package-lock.json.
+assets: dashboard/static/vendor/.stamp
+dashboard/static/vendor/.stamp: dashboard/package.json dashboard/package-lock.json
+	cd dashboard && npm ci --no-audit --no-fund --silent
+	mkdir -p dashboard/static/vendor
+	cp dashboard/node_modules/uplot/dist/uPlot.iife.min.js dashboard/node_modules/uplot/dist/uPlot.min.css dashboard/static/vendor/
+	touch $@
+
+# Debian's Chromium for the browser tests (Playwright drives it through executable_path).
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	@command -v docker-compose >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy client server pkg
+
+clean:
+	rm -rf $(VENV) dashboard/node_modules dashboard/static/vendor
