@@ -9,10 +9,36 @@
 
 This package needs nothing beyond the standard library; torch is imported only by the helpers
 that take tensors, and the server lives in ``losswatch.server`` (``pip install 'losswatch[server]'``).
+The public names below are loaded on first use, so ``import losswatch.server`` (or the CLI) does not
+pay for the client.
 """
 
-from losswatch.client.errors import LosswatchError, ServerError, TransportError
-from losswatch.client.run import Run, init
+from __future__ import annotations
 
-__all__ = ["init", "Run", "LosswatchError", "TransportError", "ServerError"]
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "init": "losswatch.client.run",
+    "Run": "losswatch.client.run",
+    "LosswatchError": "losswatch.client.errors",
+    "TransportError": "losswatch.client.errors",
+    "ServerError": "losswatch.client.errors",
+}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'losswatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,226 @@
+"""The ``losswatch`` command.
+
+    losswatch serve [--host H] [--port P] [--db URL] [--auth on|off|auto] [--no-migrate]
+    losswatch db upgrade [--db URL]
+    losswatch token create --project NAME [--scope read|write|admin] [--name LABEL] [--db URL]
+    losswatch export --run ID [--key K ...] [--out FILE] [--db URL]
+    losswatch sync [DIR] [--url URL] [--token TOKEN]
+
+Server commands need the server extra (``pip install 'losswatch[server]'``); without it they say so.
+Settings come from ``LOSSWATCH_*`` environment variables; flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+SERVER_EXTRA_HINT = (
+    "this command needs the losswatch server, which is not installed: pip install 'losswatch[server]'"
+)
+
+
+def _need_server() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import sqlalchemy  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        _die(SERVER_EXTRA_HINT)
+
+
+def _die(message: str, code: int = 2) -> NoReturn:
+    print(f"losswatch: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Any:
+    from losswatch.server.settings import Settings
+    from pydantic import ValidationError
+
+    overrides = dict(extra)
+    if getattr(args, "db", None):
+        overrides["database_url"] = args.db
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        _die(f"invalid setting: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+
+
+def settings_help() -> str:
+    """Every setting with its environment variable and description (also in docs/configuration.md)."""
+    from losswatch.server.settings import Settings
+
+    lines = ["settings (environment variables):"]
+    for name, field in Settings.model_fields.items():
+        lines.append(f"  LOSSWATCH_{name.upper():<24} {field.description} (default: {field.default!r})")
+    return "\n".join(lines)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _need_server()
+    import uvicorn
+    from losswatch.server.app import create_app
+    from losswatch.server.settings import is_loopback
+
+    extra: dict[str, Any] = {}
+    if args.host:
+        extra["host"] = args.host
+    if args.port:
+        extra["port"] = args.port
+    if args.auth:
+        extra["auth"] = args.auth
+    if args.no_migrate:
+        extra["auto_migrate"] = False
+    settings = _settings(args, **extra)
+    if settings.auth_required:
+        print(f"losswatch: API tokens required (bound to {settings.host}); make one with "
+              "`losswatch token create --project NAME --scope write`", file=sys.stderr)
+    else:
+        where = "a loopback address" if is_loopback(settings.host) else settings.host
+        print(f"losswatch: auth is OFF (bound to {where}): anyone who can reach this port can read and write",
+              file=sys.stderr)
+    print(f"losswatch: database {settings.database_url.split('@')[-1]}; "
+          f"serving on http://{settings.host}:{settings.port}", file=sys.stderr)
+    try:
+        app = create_app(settings)
+        from losswatch.server.app import prepare_database
+        from losswatch.server.db import Database
+
+        db = Database(settings)  # fail early and clearly, before uvicorn starts
+        try:
+            prepare_database(settings, db)
+        finally:
+            db.dispose()
+    except RuntimeError as exc:
+        _die(str(exc))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=args.access_log)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    _need_server()
+    from losswatch.server.db import upgrade
+
+    settings = _settings(args)
+    upgrade(settings.database_url)
+    print("database is at the latest revision")
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    _need_server()
+    from losswatch.server.db import Database
+    from losswatch.server.services.tokens import create_token
+
+    settings = _settings(args)
+    db = Database(settings)
+    try:
+        from losswatch.server.app import prepare_database
+
+        prepare_database(settings, db)
+        with db.write() as session:
+            _token, plaintext = create_token(session, args.project, args.scope, args.name)
+    except Exception as exc:  # noqa: BLE001 - a CLI boundary: say what went wrong
+        _die(str(exc))
+    finally:
+        db.dispose()
+    print(plaintext)
+    print(f"(scope {args.scope} on project {args.project!r}; shown once, store it now)", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    _need_server()
+    from losswatch.server.db import Database
+    from losswatch.server.services import points, runs
+
+    settings = _settings(args)
+    db = Database(settings)
+    out = open(args.out, "wb") if args.out else sys.stdout.buffer  # noqa: SIM115
+    try:
+        with db.read() as session:
+            keys = args.key or list(runs.read_run(session, args.run).summary)
+            for chunk in points.iter_csv(session, args.run, keys):
+                out.write(chunk)
+    except Exception as exc:  # noqa: BLE001
+        _die(str(exc))
+    finally:
+        if args.out:
+            out.close()
+        db.dispose()
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from losswatch.client import sync
+
+    argv = [a for a in [args.dir] if a]
+    if args.url:
+        argv += ["--url", args.url]
+    if args.token:
+        argv += ["--token", args.token]
+    return int(sync.main(argv) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="losswatch", description="Watch training runs.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def db_flag(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--db", help="database URL (default: LOSSWATCH_DATABASE_URL or sqlite:///losswatch.db)")
+
+    s = sub.add_parser("serve", help="run the server", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="see `losswatch settings` for every LOSSWATCH_* setting")
+    db_flag(s)
+    s.add_argument("--host", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default 8000)")
+    s.add_argument("--auth", choices=["on", "off", "auto"], help="require tokens (auto: off on loopback)")
+    s.add_argument("--no-migrate", action="store_true", help="refuse to start if migrations are pending")
+    s.add_argument("--access-log", action="store_true", help="log every request")
+    s.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("db", help="database maintenance")
+    dsub = d.add_subparsers(dest="db_command", required=True)
+    up = dsub.add_parser("upgrade", help="apply pending migrations")
+    db_flag(up)
+    up.set_defaults(func=cmd_db_upgrade)
+
+    t = sub.add_parser("token", help="API tokens")
+    tsub = t.add_subparsers(dest="token_command", required=True)
+    tc = tsub.add_parser("create", help="make a token (prints it once)")
+    db_flag(tc)
+    tc.add_argument("--project", required=True)
+    tc.add_argument("--scope", choices=["read", "write", "admin"], default="write")
+    tc.add_argument("--name", default="cli")
+    tc.set_defaults(func=cmd_token_create)
+
+    e = sub.add_parser("export", help="CSV of a run's series")
+    db_flag(e)
+    e.add_argument("--run", required=True)
+    e.add_argument("--key", action="append", help="series key (repeat; default: all)")
+    e.add_argument("--out", help="file (default: stdout)")
+    e.set_defaults(func=cmd_export)
+
+    y = sub.add_parser("sync", help="send spooled points left by a process that died")
+    y.add_argument("dir", nargs="?", help="spool directory (default: ~/.losswatch/spool)")
+    y.add_argument("--url")
+    y.add_argument("--token")
+    y.set_defaults(func=cmd_sync)
+
+    st = sub.add_parser("settings", help="list every server setting")
+    st.set_defaults(func=lambda a: print(settings_help()) or 0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""The downsampled query over many runs and series."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from losswatch.client import wire
+from losswatch.server.api.deps import DB, Caller, JSONBytes, authorize_run
+from losswatch.server.schemas import QueryResult
+from losswatch.server.services import query as query_service
+
+router = APIRouter(prefix="/api/v1", tags=["query"])
+
+
+@router.get("/query", response_model=QueryResult,
+            summary="Downsampled series of many runs (min/max/last/count/non-finite per bucket)")
+def query(
+    request: Request, db: DB, caller: Caller,
+    run: Annotated[list[str], Query(min_length=1, max_length=100, description="Run ids (repeat)")],
+    key: Annotated[list[str], Query(max_length=100, description="Series keys (repeat); none: all")] = [],  # noqa: B006
+    start: Annotated[int, Query(ge=0, le=wire.MAX_STEP)] = 0,
+    end: Annotated[int, Query(ge=0, le=wire.MAX_STEP)] = wire.MAX_STEP,
+    buckets: Annotated[int, Query(ge=1, le=query_service.MAX_BUCKETS)] = 1000,
+) -> JSONBytes:
+    for rid in dict.fromkeys(run):
+        authorize_run(request, caller, rid, "read")
+    with db.read() as s:
+        return JSONBytes(query_service.query(s, run, key, start, end, buckets))

@@ -1,0 +1,216 @@
+"""Packed point chunks: encode, decode, merge and roll up (numpy, no I/O).
+
+A chunk holds the points of one series whose steps share ``step >> CHUNK_SHIFT``.
+
+Layout of a chunk row (bytes per point for a dense series in brackets):
+
+- ``values``: the float64 values, little-endian, bit for bit (NaN payloads and -0.0 survive) [8]
+- ``walls``: wall times in integer microseconds: a format byte, then either an int64 base and
+  int32 deltas [4] or, when a delta does not fit, plain int64s [8]
+- ``steps``: the step offsets inside the chunk, either as a 512-byte bitmap of the 4096 slots
+  (dense chunks) [0.125] or as uint16 offsets (sparse chunks)
+- ``rollup``: one record per non-empty 64-step sub-bucket (:data:`ROLLUP_DTYPE`) [0.6]
+
+Queries coarser than 64 steps per bucket read only roll-ups; finer ones decode the chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CHUNK_SHIFT = 10
+CHUNK_STEPS = 1 << CHUNK_SHIFT
+ROLLUP_SHIFT = 6
+ROLLUP_STEPS = 1 << ROLLUP_SHIFT
+_OFFSET_MASK = CHUNK_STEPS - 1
+_BITMAP_BYTES = CHUNK_STEPS // 8
+
+ROLLUP_DTYPE = np.dtype(
+    [
+        ("first", "<u2"),  # first step offset in the chunk
+        ("last", "<u2"),  # last step offset in the chunk
+        ("count", "<u2"),
+        ("nonfinite", "<u2"),
+        ("min", "<f8"),  # of finite values; NaN when there is none
+        ("max", "<f8"),
+        ("lastv", "<f8"),  # value at the last step, exact
+        ("lastwall", "<i8"),  # wall time (µs) of the last step
+    ]
+)
+
+_WALL_DELTA32 = 1
+_WALL_RAW64 = 2
+
+
+@dataclass
+class Points:
+    """Points of one series, steps ascending and unique."""
+
+    steps: np.ndarray  # int64
+    values: np.ndarray  # float64
+    walls: np.ndarray  # int64, microseconds
+
+    def __len__(self) -> int:
+        return int(self.steps.shape[0])
+
+
+def empty() -> Points:
+    return Points(np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.int64))
+
+
+def concat(parts: list[Points]) -> Points:
+    if not parts:
+        return empty()
+    if len(parts) == 1:
+        return parts[0]
+    return Points(
+        np.concatenate([p.steps for p in parts]),
+        np.concatenate([p.values for p in parts]),
+        np.concatenate([p.walls for p in parts]),
+    )
+
+
+def normalise(steps: np.ndarray, values: np.ndarray, walls: np.ndarray) -> Points:
+    """Sort by step; when a step occurs more than once, the last occurrence wins."""
+    n = steps.shape[0]
+    if n > 1 and not bool(np.all(steps[1:] > steps[:-1])):
+        # Reverse, take the first of each step (= the last written), stable order by step.
+        rev = steps[::-1]
+        uniq, idx = np.unique(rev, return_index=True)
+        idx = n - 1 - idx
+        return Points(uniq, values[idx], walls[idx])
+    return Points(steps, values, walls)
+
+
+def merge(old: Points, new: Points) -> tuple[Points, int]:
+    """New points overwrite old ones at the same step. Returns the merged points and how many
+    old points were replaced."""
+    if len(old) == 0:
+        return new, 0
+    if len(new) == 0:
+        return old, 0
+    if new.steps[0] > old.steps[-1]:
+        return concat([old, new]), 0
+    keep = ~np.isin(old.steps, new.steps, assume_unique=True)
+    replaced = len(old) - int(keep.sum())
+    steps = np.concatenate([old.steps[keep], new.steps])
+    order = np.argsort(steps, kind="stable")
+    return (
+        Points(
+            steps[order],
+            np.concatenate([old.values[keep], new.values])[order],
+            np.concatenate([old.walls[keep], new.walls])[order],
+        ),
+        replaced,
+    )
+
+
+def encode_steps(steps: np.ndarray) -> bytes:
+    offsets = (steps & _OFFSET_MASK).astype(np.uint16)
+    if offsets.shape[0] * 2 >= _BITMAP_BYTES:
+        bits = np.zeros(CHUNK_STEPS, np.uint8)
+        bits[offsets] = 1
+        return np.packbits(bits).tobytes()
+    return offsets.astype("<u2").tobytes()
+
+
+def decode_steps(blob: bytes, chunk_no: int) -> np.ndarray:
+    base = chunk_no << CHUNK_SHIFT
+    raw = np.frombuffer(blob, np.uint8)
+    if raw.shape[0] == _BITMAP_BYTES:
+        offsets = np.flatnonzero(np.unpackbits(raw))
+    else:
+        offsets = np.frombuffer(blob, "<u2")
+    return offsets.astype(np.int64) + base
+
+
+def encode_walls(walls: np.ndarray) -> bytes:
+    if walls.shape[0] == 0:
+        return bytes([_WALL_RAW64])
+    deltas = np.diff(walls)
+    if deltas.shape[0] == 0 or (deltas.min() >= -(2**31) and deltas.max() < 2**31):
+        return (
+            bytes([_WALL_DELTA32])
+            + walls[:1].astype("<i8").tobytes()
+            + deltas.astype("<i4").tobytes()
+        )
+    return bytes([_WALL_RAW64]) + walls.astype("<i8").tobytes()
+
+
+def decode_walls(blob: bytes) -> np.ndarray:
+    fmt = blob[0]
+    if fmt == _WALL_DELTA32:
+        base = np.frombuffer(blob, "<i8", count=1, offset=1)
+        deltas = np.frombuffer(blob, "<i4", offset=9).astype(np.int64)
+        out = np.empty(deltas.shape[0] + 1, np.int64)
+        out[0] = base[0]
+        np.cumsum(deltas, out=out[1:])
+        out[1:] += base[0]
+        return out
+    return np.frombuffer(blob, "<i8", offset=1).astype(np.int64)
+
+
+def rollup(points: Points) -> np.ndarray:
+    """One :data:`ROLLUP_DTYPE` record per non-empty 64-step sub-bucket."""
+    offsets = points.steps & _OFFSET_MASK
+    sub = offsets >> ROLLUP_SHIFT
+    starts = np.concatenate(([0], np.flatnonzero(sub[1:] != sub[:-1]) + 1))
+    ends = np.concatenate((starts[1:], [offsets.shape[0]])) - 1
+    values = points.values
+    finite = np.isfinite(values)
+    out = np.empty(starts.shape[0], ROLLUP_DTYPE)
+    out["first"] = offsets[starts]
+    out["last"] = offsets[ends]
+    out["count"] = ends - starts + 1
+    out["nonfinite"] = np.add.reduceat(~finite, starts)
+    out["min"] = np.fmin.reduceat(np.where(finite, values, np.nan), starts)
+    out["max"] = np.fmax.reduceat(np.where(finite, values, np.nan), starts)
+    out["lastv"] = values[ends]
+    out["lastwall"] = points.walls[ends]
+    return out
+
+
+@dataclass
+class EncodedChunk:
+    count: int
+    nonfinite: int
+    min_value: float | None
+    max_value: float | None
+    rollup: bytes
+    steps: bytes
+    walls: bytes
+    values: bytes
+
+
+def encode(points: Points) -> EncodedChunk:
+    roll = rollup(points)
+    mins, maxs = roll["min"], roll["max"]
+    lo = float(np.fmin.reduce(mins)) if mins.shape[0] else float("nan")
+    hi = float(np.fmax.reduce(maxs)) if maxs.shape[0] else float("nan")
+    return EncodedChunk(
+        count=len(points),
+        nonfinite=int(roll["nonfinite"].sum()),
+        min_value=None if lo != lo else lo,
+        max_value=None if hi != hi else hi,
+        rollup=roll.tobytes(),
+        steps=encode_steps(points.steps),
+        walls=encode_walls(points.walls),
+        values=points.values.astype("<f8").tobytes(),
+    )
+
+
+def decode(chunk_no: int, steps: bytes, values: bytes, walls: bytes) -> Points:
+    return Points(
+        decode_steps(steps, chunk_no),
+        np.frombuffer(values, "<f8").astype(np.float64),
+        decode_walls(walls),
+    )
+
+
+def chunk_numbers(steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk number of each group of sorted steps, and the index where each group starts."""
+    nos = steps >> CHUNK_SHIFT
+    starts = np.concatenate(([0], np.flatnonzero(nos[1:] != nos[:-1]) + 1)) if nos.shape[0] else np.empty(0, np.int64)
+    return nos[starts], starts

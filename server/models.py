@@ -1,0 +1,124 @@
+"""The storage model (SQLAlchemy 2, typed). The schema itself is made only by Alembic migrations.
+
+Points are not stored one row each: a series' points live in **chunks** of 4096 consecutive
+steps (``chunk_no = step >> 12``), each a row with the packed arrays and a roll-up of 64-step
+sub-buckets (min, max, last, counts). A coarse query reads only the roll-ups, so drawing a
+million-point series costs O(chunks), and a point costs about 13 bytes on disk
+(see ``losswatch.server.chunks``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+RUN_STATUSES = ("running", "finished", "failed", "crashed", "stopped")
+TOKEN_SCOPES = ("read", "write", "admin")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    alert_config: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    scope: Mapped[str] = mapped_column(String(16))
+    lookup: Mapped[str] = mapped_column(String(16), unique=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(500))
+    group: Mapped[str | None] = mapped_column("group_name", String(500), nullable=True)
+    tags: Mapped[list[str]] = mapped_column(JSONType)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    notes: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    host: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    client: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    alert_config: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
+class Series(Base):
+    """One named sequence of a run, with a running summary kept up to date at ingest."""
+
+    __tablename__ = "series"
+    __table_args__ = (UniqueConstraint("run_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(250))
+    kind: Mapped[str] = mapped_column(String(32))
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    nonfinite: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The value at last_step. SQLite turns NaN into NULL, so a non-finite last value is kept
+    # as its wire spelling in last_special and last_value is NULL.
+    last_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_special: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_wall_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    min_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    detector_state: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
+class Chunk(Base):
+    """Up to 4096 consecutive steps of one series, packed (see ``losswatch.server.chunks``)."""
+
+    __tablename__ = "chunks"
+
+    series_id: Mapped[int] = mapped_column(
+        ForeignKey("series.id", ondelete="CASCADE"), primary_key=True
+    )
+    chunk_no: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    nonfinite: Mapped[int] = mapped_column(Integer)
+    min_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Small columns and the roll-up come first: SQLite reads a row front to back, so a coarse
+    # query never walks the overflow pages of the big blobs behind them.
+    rollup: Mapped[bytes] = mapped_column(LargeBinary)
+    steps: Mapped[bytes] = mapped_column(LargeBinary)
+    walls: Mapped[bytes] = mapped_column(LargeBinary)
+    values: Mapped[bytes] = mapped_column(LargeBinary)

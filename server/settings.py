@@ -1,0 +1,69 @@
+"""Server settings: one validated object, built late (in ``create_app`` or the CLI).
+
+Every setting reads from an environment variable with the ``LOSSWATCH_`` prefix. Nothing else in
+the server reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOSSWATCH_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///losswatch.db",
+        description="SQLAlchemy URL of the database: a SQLite file (default, in the working directory) "
+        "or postgresql+psycopg://user@host/db.",
+    )
+    host: str = Field("127.0.0.1", description="Address `losswatch serve` binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `losswatch serve` listens on.")
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Require API tokens: 'on', 'off', or 'auto' (off when bound to a loopback address, "
+        "on otherwise).",
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest accepted request body in bytes (413 above)."
+    )
+    auto_migrate: bool = Field(
+        True, description="Apply pending database migrations when the server starts."
+    )
+    db_pool_size: int = Field(8, ge=1, description="Connections kept open to PostgreSQL per process.")
+    stalled_check_seconds: float = Field(
+        15.0, gt=0, description="How often the server looks for runs that stopped sending (seconds)."
+    )
+    log_level: str = Field("info", description="Log level of the server process.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, url: str) -> str:
+        if not url.startswith(("sqlite", "postgresql")):
+            raise ValueError("database_url must be a sqlite:// or postgresql+psycopg:// URL")
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://") :]
+        return url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def auth_required(self) -> bool:
+        if self.auth != "auto":
+            return self.auth == "on"
+        return not is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

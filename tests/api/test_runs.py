@@ -1,0 +1,75 @@
+"""Runs: idempotent create, update, finish, and the list's filters, sorts and pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from losswatch.client import wire
+
+
+def test_create_is_idempotent_on_the_clients_id(client: Any) -> None:
+    body = {"id": "abc123", "name": "first", "tags": ["a", "a", "b"], "config": {"lr": 0.1}}
+    r1 = client.post("/api/v1/projects/p/runs", json=body)
+    r2 = client.post("/api/v1/projects/p/runs", json={**body, "name": "retry"})
+    assert (r1.status_code, r2.status_code) == (201, 200)
+    assert r2.json()["name"] == "first" and r1.json()["tags"] == ["a", "b"]
+    r3 = client.post("/api/v1/projects/q/runs", json=body)
+    assert r3.status_code == 422 and r3.json()["error"]["code"] == "run_id_taken"
+
+
+def test_update_and_finish(client: Any) -> None:
+    rid = client.post("/api/v1/projects/p/runs", json={"name": "n"}).json()["id"]
+    r = client.patch(f"/api/v1/runs/{rid}", json={"tags": ["x"], "config": {"a": {"b": 1}}, "notes": "hi"})
+    assert r.status_code == 200 and r.json()["tags"] == ["x"] and r.json()["notes"] == "hi"
+    r = client.post(f"/api/v1/runs/{rid}/finish", json={"status": "failed"})
+    assert r.json()["status"] == "failed" and r.json()["ended_at"] is not None
+    assert client.post(f"/api/v1/runs/{rid}/heartbeat").json()["status"] == "failed"
+
+
+def seed(client: Any) -> dict[str, str]:
+    ids = {}
+    for i, (lr, opt, tags, status) in enumerate([(0.1, "sgd", ["yolo"], "finished"), (0.01, "adam", ["yolo", "big"], "running"),
+                                                  (0.001, "adam", ["big"], "failed"), (0.01, "sgd", [], "running")]):
+        rid = client.post("/api/v1/projects/p/runs", json={"name": f"run-{i}", "tags": tags, "group": "g" if i < 2 else None,
+                                                           "config": {"lr": lr, "optim": {"name": opt}}}).json()["id"]
+        ids[f"run-{i}"] = rid
+        if i != 3:  # run-3 has no metric
+            maps = [0.2 + 0.1 * i, 0.5 - 0.1 * i, 0.3]
+            client.post(f"/api/v1/runs/{rid}/points", json={"series": [
+                wire.series_entry("val/mAP50-95", "metric", [10, 20, 30], maps)]})
+        if status != "running":
+            client.post(f"/api/v1/runs/{rid}/finish", json={"status": status})
+    return ids
+
+
+def names(r: Any) -> list[str]:
+    assert r.status_code == 200, r.text
+    return [run["name"] for run in r.json()["runs"]]
+
+
+def test_list_filters(client: Any) -> None:
+    seed(client)
+    get = lambda **p: names(client.get("/api/v1/projects/p/runs", params={"sort": "name", **p}))  # noqa: E731
+    assert get(status="running") == ["run-1", "run-3"]
+    assert get(tag="big") == ["run-1", "run-2"]
+    assert get(tag=["big", "yolo"]) == ["run-1"]
+    assert get(name="RUN-2") == ["run-2"]
+    assert get(group="g") == ["run-0", "run-1"]
+    assert get(**{"config.lr": "0.01"}) == ["run-1", "run-3"]
+    assert get(**{"config.optim.name": "adam"}) == ["run-1", "run-2"]
+
+
+def test_five_best_runs_by_validation_map_in_one_request(client: Any) -> None:
+    seed(client)
+    r = client.get("/api/v1/projects/p/runs", params={"sort": "-max:val/mAP50-95", "limit": 5})
+    # max of [0.2,0.5,0.3]=0.5, [0.3,0.4,0.3]=0.4, [0.4,0.3,0.3]=0.4, run-3 has none: last
+    assert names(r) == ["run-0", "run-1", "run-2", "run-3"]  # ties in creation order
+    assert r.json()["runs"][0]["summary"]["val/mAP50-95"]["max"] == 0.5
+    assert names(client.get("/api/v1/projects/p/runs", params={"sort": "last:val/mAP50-95"}))[-1] == "run-3"
+    assert names(client.get("/api/v1/projects/p/runs", params={"sort": "-config.lr"})) == ["run-0", "run-1", "run-3", "run-2"]
+
+
+def test_list_pages(client: Any) -> None:
+    seed(client)
+    r = client.get("/api/v1/projects/p/runs", params={"sort": "name", "limit": 3, "offset": 2})
+    assert names(r) == ["run-2", "run-3"] and r.json()["total"] == 4 and r.json()["limit"] == 3
