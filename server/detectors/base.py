@@ -1,0 +1,280 @@
+"""What every detector shares: the :class:`Finding`, the state contract and number formatting.
+
+A detector is a frozen dataclass whose fields are its parameters. It is pure: ``run`` takes the
+previous state (a JSON-serialisable dict, or ``None`` for a new series) and a batch of points in
+arrival order, and returns a new state and the findings; the state passed in is never modified.
+
+Segments: a step that is not greater than the last step seen means the job was resumed from an
+earlier checkpoint and re-logs steps it had already sent. The detector then closes its active alert
+(a ``resolve`` finding that says so), forgets everything learned on the old segment and starts
+learning again, so a resume never trips a detector.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+ACTIONS = ("fire", "resolve", "escalate")
+SEVERITIES = ("info", "warning", "critical")
+INF = math.inf
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One verdict of a detector about one series (or, for ``stalled``, one run).
+
+    ``action``: ``fire`` opens an alert for (series, rule); ``resolve`` closes it; ``escalate``
+    closes it as superseded: a ``fire`` of a stronger rule (``divergence``) follows in the same list.
+    ``step`` is where the verdict was reached, ``onset_step`` where the condition began (an alert's
+    onset). ``value`` is the number judged (may be NaN/±Inf), ``reference`` the number it was compared
+    with (a best, a baseline, a threshold). ``details`` holds machine-readable extras (JSON-safe).
+    """
+
+    rule: str
+    action: str
+    step: int
+    value: float | None
+    reference: float | None
+    severity: str
+    reason: str
+    key: str = ""
+    onset_step: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict: non-finite numbers spelled ``"NaN"``, ``"Infinity"``, ``"-Infinity"``."""
+        d = asdict(self)
+        d["value"] = encode_number(self.value)
+        d["reference"] = encode_number(self.reference)
+        return d
+
+
+def encode_number(v: float | None) -> float | str | None:
+    """A float as stored in state or JSON: itself, ``None``, or the wire's non-finite spelling."""
+    if v is None:
+        return None
+    if v != v:
+        return "NaN"
+    if v == INF:
+        return "Infinity"
+    if v == -INF:
+        return "-Infinity"
+    return v
+
+
+def decode_number(v: float | str | None) -> float | None:
+    if isinstance(v, str):
+        return {"NaN": math.nan, "Infinity": INF, "-Infinity": -INF}[v]
+    return v
+
+
+def is_finite(v: float) -> bool:
+    return v - v == 0.0
+
+
+def num(v: float | None) -> str:
+    """A number for a human: 3 significant digits, ``4.81``, ``1.50``, ``0.000123``, ``2.5e+06``."""
+    if v is None:
+        return "n/a"
+    if v != v:
+        return "NaN"
+    if v in (INF, -INF):
+        return "+Inf" if v > 0 else "-Inf"
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if a >= 1e5 or a < 1e-3:
+        return f"{v:.3g}"
+    s = f"{v:#.3g}"
+    return s[:-1] if s.endswith(".") else s
+
+
+def ratio_text(value: float, reference: float) -> str:
+    """``3.2×`` when both are positive, otherwise the signed difference."""
+    if reference > 0 and value > 0:
+        return f"{value / reference:.1f}×"
+    return f"{num(value - reference)} away from"
+
+
+def series_label(key: str) -> str:
+    return key or "the series"
+
+
+# --- parameter validation (used by the dataclasses' __post_init__) -------------------------------
+
+
+def check_int(obj: Any, name: str, minimum: int = 0) -> None:
+    v = getattr(obj, name)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{obj.rule}.{name} must be an integer, got {v!r}")
+    if v < minimum:
+        raise ValueError(f"{obj.rule}.{name} must be >= {minimum}, got {v}")
+
+
+def check_float(obj: Any, name: str, minimum: float = 0.0, maximum: float = INF, strict: bool = False) -> None:
+    v = getattr(obj, name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not is_finite(float(v)):
+        raise ValueError(f"{obj.rule}.{name} must be a finite number, got {v!r}")
+    if v < minimum or (strict and v == minimum) or v > maximum:
+        lo = ">" if strict else ">="
+        hi = f" and <= {maximum}" if maximum != INF else ""
+        raise ValueError(f"{obj.rule}.{name} must be {lo} {minimum}{hi}, got {v}")
+    object.__setattr__(obj, name, float(v))
+
+
+def check_choice(obj: Any, name: str, choices: Sequence[str]) -> None:
+    v = getattr(obj, name)
+    if v not in choices:
+        raise ValueError(f"{obj.rule}.{name} must be one of {', '.join(map(repr, choices))}, got {v!r}")
+
+
+def check_bool(obj: Any, name: str) -> None:
+    v = getattr(obj, name)
+    if not isinstance(v, bool):
+        raise ValueError(f"{obj.rule}.{name} must be true or false, got {v!r}")
+
+
+def alpha_of(window: int) -> float:
+    """EMA weight whose centre of mass matches a ``window``-point moving average (pandas' span)."""
+    return 2.0 / (window + 1.0)
+
+
+# --- the detector contract -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Detector:
+    """Base class: parameters are the dataclass fields; subclasses implement ``_fresh`` and ``_run``."""
+
+    rule: ClassVar[str] = ""
+    severity: ClassVar[str] = "warning"
+
+    @classmethod
+    def parameter_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def initial_state(self) -> dict[str, Any]:
+        st = self._fresh()
+        st["seg"] = 0
+        st["last"] = None
+        return st
+
+    def update(
+        self, state: dict[str, Any] | None, step: int, value: float, *, key: str = "", **context: Any
+    ) -> tuple[dict[str, Any], list[Finding]]:
+        """One point. Same as :meth:`run` with a batch of one."""
+        return self.run(state, (step,), (value,), key=key, context=context)
+
+    def run(
+        self,
+        state: dict[str, Any] | None,
+        steps: Sequence[int],
+        values: Sequence[float],
+        *,
+        key: str = "",
+        context: Mapping[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], list[Finding]]:
+        """A batch of points in arrival order -> (new state, findings in step order).
+
+        ``context`` values are either one value for the whole batch or a sequence aligned with
+        ``steps`` (e.g. the learning rate at each step).
+        """
+        st = self.initial_state() if state is None else self._copy(state)
+        out: list[Finding] = []
+        self.run_into(st, steps, values, key, context or {}, out)
+        return st, out
+
+    def run_into(
+        self,
+        st: dict[str, Any],
+        steps: Sequence[int],
+        values: Sequence[float],
+        key: str,
+        context: Mapping[str, Any],
+        out: list[Finding],
+    ) -> None:
+        """Like :meth:`run` but updates ``st`` in place (the driver copies once per batch)."""
+        n = len(steps)
+        if n != len(values):
+            raise ValueError(f"{len(steps)} steps but {len(values)} values")
+        last = st["last"]
+        start = 0
+        for i in range(n):
+            s = steps[i]
+            if last is not None and s <= last:
+                if i > start:
+                    self._run(st, steps[start:i], values[start:i], key, _slice(context, n, start, i), out)
+                    last = steps[i - 1]
+                self._new_segment(st, last, s, key, out)
+                start = i
+            last = s
+        if start < n:
+            self._run(st, steps[start:], values[start:], key, _slice(context, n, start, n), out)
+            st["last"] = steps[-1]
+
+    def _new_segment(self, st: dict[str, Any], last: int, step: int, key: str, out: list[Finding]) -> None:
+        if st.get("active"):
+            out.append(
+                Finding(
+                    rule=self.rule,
+                    action="resolve",
+                    step=step,
+                    value=None,
+                    reference=None,
+                    severity=st.get("sev") or self.severity,
+                    reason=(
+                        f"{series_label(key)} went back from step {last:,} to {step:,} (resumed from a "
+                        f"checkpoint): new segment, the {self.rule} alert no longer applies"
+                    ),
+                    key=key,
+                    onset_step=st.get("onset"),
+                    details={"segment_reset": True},
+                )
+            )
+        seg = st["seg"] + 1
+        st.clear()
+        st.update(self._fresh())
+        st["seg"] = seg
+        st["last"] = None
+
+    def _copy(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
+
+    # subclasses
+    def _fresh(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _run(
+        self,
+        st: dict[str, Any],
+        steps: Sequence[int],
+        values: Sequence[float],
+        key: str,
+        context: Mapping[str, Any],
+        out: list[Finding],
+    ) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _slice(context: Mapping[str, Any], n: int, i: int, j: int) -> Mapping[str, Any]:
+    if i == 0 and j == n:
+        return context
+    return {
+        k: (v[i:j] if isinstance(v, (list, tuple)) and len(v) == n else v) for k, v in context.items()
+    }
+
+
+def per_point(context: Mapping[str, Any], name: str, n: int) -> Sequence[Any]:
+    """A context entry as one value per point (``None`` where absent)."""
+    v = context.get(name)
+    if isinstance(v, (list, tuple)):
+        if len(v) != n:
+            raise ValueError(f"context {name!r} has {len(v)} values for {n} points")
+        return v
+    return (v,) * n

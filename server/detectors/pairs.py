@@ -1,0 +1,207 @@
+"""Detectors that judge one series against another: ``overfitting`` and ``misalignment``.
+
+Both run on the evaluation series (a validation loss, a metric) and take the level of the paired
+training loss at that step from the context (``context["train_loss"]`` for overfitting,
+``context["loss"]`` for misalignment; one value or one per point; the driver fills them from the
+smoothed level of the paired series). Points without the paired level are skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .base import Detector, Finding, check_choice, check_float, check_int, num, per_point, series_label
+
+
+@dataclass(frozen=True)
+class Overfitting(Detector):
+    """The training loss keeps falling while the validation loss rises, for ``patience`` evaluations.
+
+    An evaluation counts when the validation loss is worse than its best by more than
+    ``min_delta``·|best| and the (smoothed) training loss fell since the previous evaluation. Fires
+    after ``patience`` consecutive counting evaluations if the validation loss also rose over them.
+    Resolves at a new best validation loss.
+
+    Parameters:
+        patience: consecutive counting evaluations (EarlyStopping's patience).
+        min_delta: relative margin over the best validation loss.
+        warmup: evaluations per segment before the rule can fire.
+    """
+
+    rule = "overfitting"
+    severity = "warning"
+    patience: int = 3
+    min_delta: float = 0.0
+    warmup: int = 2
+
+    def __post_init__(self) -> None:
+        check_int(self, "patience", 1)
+        check_float(self, "min_delta", 0.0)
+        check_int(self, "warmup", 0)
+
+    def _fresh(self) -> dict[str, Any]:
+        return {
+            "n": 0, "best": None, "best_step": None, "train_at_best": None, "prev_train": None,
+            "prev_val": None, "streak": 0, "before": None, "first": None, "active": False, "onset": None,
+        }
+
+    def _run(self, st, steps, values, key, context, out) -> None:  # type: ignore[no-untyped-def]
+        trains = per_point(context, "train_loss", len(steps))
+        train_key = context.get("train_key") or "the training loss"
+        for s, v, tr in zip(steps, values, trains, strict=True):
+            if v - v != 0.0 or tr is None or tr - tr != 0.0:
+                continue
+            st["n"] += 1
+            best, prev_train = st["best"], st["prev_train"]
+            st["prev_train"] = tr
+            if best is None or v < best:
+                st.update(best=v, best_step=s, train_at_best=tr, streak=0, prev_val=v)
+                if st["active"]:
+                    st["active"] = False
+                    out.append(
+                        Finding(
+                            self.rule, "resolve", s, v, best, self.severity,
+                            f"{series_label(key)} reached a new best {num(v)} at step {s:,}: no longer overfitting",
+                            key, st["onset"],
+                        )
+                    )
+                continue
+            if v > best + self.min_delta * abs(best) and prev_train is not None and tr < prev_train:
+                if st["streak"] == 0:
+                    st["before"] = st["prev_val"]
+                    st["first"] = s
+                st["streak"] += 1
+            else:
+                st["streak"] = 0
+            st["prev_val"] = v
+            if (
+                not st["active"]
+                and st["streak"] >= self.patience
+                and st["n"] > self.warmup
+                and v > st["before"]
+            ):
+                st["active"] = True
+                st["onset"] = st["first"]
+                out.append(
+                    Finding(
+                        self.rule, "fire", s, v, best, self.severity,
+                        f"{series_label(key)} is overfitting: it rose to {num(v)} at step {s:,} (best "
+                        f"{num(best)} at step {st['best_step']:,}) over {st['streak']} evaluations while "
+                        f"{train_key} fell from {num(st['train_at_best'])} to {num(tr)}",
+                        key, st["first"], {"train_loss": tr},
+                    )
+                )
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); 0 when either side is constant."""
+    rx, ry = _ranks(x), _ranks(y)
+    n = len(x)
+    mx = my = (n + 1) / 2.0
+    sxy = sxx = syy = 0.0
+    for a, b in zip(rx, ry, strict=True):
+        da, db = a - mx, b - my
+        sxy += da * db
+        sxx += da * da
+        syy += db * db
+    if sxx == 0.0 or syy == 0.0:
+        return 0.0
+    return sxy / (sxx * syy) ** 0.5
+
+
+def _ranks(v: list[float]) -> list[float]:
+    order = sorted(range(len(v)), key=v.__getitem__)
+    ranks = [0.0] * len(v)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        r = (i + j) / 2.0 + 1.0
+        for k in range(i, j + 1):
+            ranks[order[k]] = r
+        i = j + 1
+    return ranks
+
+
+@dataclass(frozen=True)
+class Misalignment(Detector):
+    """The loss keeps improving while the evaluation metric it should drive does not.
+
+    Over the last ``window`` evaluations, the rank correlation between the loss's improvement and the
+    metric's improvement (directions from ``loss_mode`` and ``mode``) is computed. Fires when it is
+    below ``threshold`` while the loss improved by more than ``min_delta`` (relative) over the window.
+    Resolves when the correlation is back above ``threshold + 0.4`` (0.7 by default, about the 5%
+    critical value of a rank correlation over 8 points) or the loss stops improving.
+    State: the last ``window`` (loss, metric) pairs.
+
+    Parameters:
+        mode: direction of the metric: ``max`` (accuracy, mAP) or ``min`` (error rates, WER).
+        loss_mode: direction of the loss: ``min``.
+        window: evaluations in the correlation.
+        threshold: rank correlation below which the pair is misaligned.
+        min_delta: relative loss improvement over the window that counts as "improving".
+    """
+
+    rule = "misalignment"
+    severity = "warning"
+    mode: str = "max"
+    loss_mode: str = "min"
+    window: int = 8
+    threshold: float = 0.3
+    min_delta: float = 0.02
+
+    def __post_init__(self) -> None:
+        check_choice(self, "mode", ("min", "max"))
+        check_choice(self, "loss_mode", ("min", "max"))
+        check_int(self, "window", 3)
+        check_float(self, "threshold", -1.0, 1.0)
+        check_float(self, "min_delta", 0.0)
+
+    def _fresh(self) -> dict[str, Any]:
+        return {"loss": [], "metric": [], "steps": [], "active": False, "onset": None}
+
+    def _run(self, st, steps, values, key, context, out) -> None:  # type: ignore[no-untyped-def]
+        losses = per_point(context, "loss", len(steps))
+        loss_key = context.get("loss_key") or "the loss"
+        ls, ms, ss = st["loss"], st["metric"], st["steps"]
+        w = self.window
+        lsign = 1.0 if self.loss_mode == "min" else -1.0
+        msign = 1.0 if self.mode == "max" else -1.0
+        for s, v, lv in zip(steps, values, losses, strict=True):
+            if v - v != 0.0 or lv is None or lv - lv != 0.0:
+                continue
+            ls.append(lv)
+            ms.append(v)
+            ss.append(s)
+            if len(ls) > w:
+                del ls[0], ms[0], ss[0]
+            if len(ls) < w:
+                continue
+            gain = lsign * (ls[0] - ls[-1]) / (abs(ls[0]) or 1.0)
+            rho = spearman([-lsign * x for x in ls], [msign * x for x in ms])
+            if not st["active"] and gain > self.min_delta and rho < self.threshold:
+                st["active"] = True
+                st["onset"] = ss[0]
+                out.append(
+                    Finding(
+                        self.rule, "fire", s, v, ms[0], self.severity,
+                        f"{series_label(key)} is not following {loss_key}: over the last {w} evaluations "
+                        f"(steps {ss[0]:,}–{s:,}) {loss_key} improved {gain:.0%} ({num(ls[0])} → "
+                        f"{num(ls[-1])}) while {series_label(key)} went {num(ms[0])} → {num(v)} "
+                        f"(best {num(max(ms) if msign > 0 else min(ms))}; rank correlation {rho:+.2f} < "
+                        f"{self.threshold:+.2f})",
+                        key, ss[0], {"rho": rho, "loss_gain": gain},
+                    )
+                )
+            elif st["active"] and (rho >= self.threshold + 0.4 or gain <= 0.0):
+                st["active"] = False
+                why = f"rank correlation {rho:+.2f}" if gain > 0.0 else f"{loss_key} no longer improving"
+                out.append(
+                    Finding(
+                        self.rule, "resolve", s, v, ms[0], self.severity,
+                        f"{series_label(key)} follows {loss_key} again at step {s:,} ({why})",
+                        key, st["onset"], {"rho": rho},
+                    )
+                )

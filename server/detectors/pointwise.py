@@ -1,0 +1,254 @@
+"""Detectors that judge single points: ``non_finite`` and ``spike``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .base import (
+    Detector,
+    Finding,
+    alpha_of,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    decode_number,
+    encode_number,
+    num,
+    ratio_text,
+    series_label,
+)
+
+
+@dataclass(frozen=True)
+class NonFinite(Detector):
+    """NaN or ±Inf: fires on the very point that carries it.
+
+    Parameters:
+        resolve_after: consecutive finite points that close the alert. NaN weights make every later
+            loss NaN, so a handful of finite values proves the model itself is still finite.
+    """
+
+    rule = "non_finite"
+    severity = "critical"
+    resolve_after: int = 10
+
+    def __post_init__(self) -> None:
+        check_int(self, "resolve_after", 1)
+
+    def _fresh(self) -> dict[str, Any]:
+        return {"active": False, "onset": None, "bad": 0, "ok": 0, "lf": None, "lf_step": None}
+
+    def _run(self, st, steps, values, key, context, out) -> None:  # type: ignore[no-untyped-def]
+        active = st["active"]
+        ok = st["ok"]
+        lf = st["lf"]
+        lf_step = st["lf_step"]
+        for s, v in zip(steps, values, strict=True):
+            if v - v == 0.0:  # finite
+                lf = v
+                lf_step = s
+                if active:
+                    ok += 1
+                    if ok >= self.resolve_after:
+                        active = False
+                        out.append(
+                            Finding(
+                                self.rule, "resolve", s, v, None, self.severity,
+                                f"{series_label(key)} is finite again: {ok} finite values up to step {s:,} "
+                                f"after {st['bad']} non-finite from step {st['onset']:,}",
+                                key, st["onset"],
+                            )
+                        )
+                continue
+            ok = 0
+            if active:
+                st["bad"] += 1
+                continue
+            active = True
+            st["onset"] = s
+            st["bad"] = 1
+            before = (
+                f"last finite value {num(lf)} at step {lf_step:,}"
+                if lf is not None
+                else "no finite value before it in this segment"
+            )
+            out.append(
+                Finding(
+                    self.rule, "fire", s, v, lf, self.severity,
+                    f"{series_label(key)} is {num(v)} at step {s:,} ({before})",
+                    key, s,
+                )
+            )
+        st.update(active=active, ok=ok, lf=lf, lf_step=lf_step)
+
+
+@dataclass(frozen=True)
+class Spike(Detector):
+    """A transient jump above the local baseline, robust to heavy-tailed minibatch noise.
+
+    The baseline is an exponentially weighted mean of the series and the noise scale an
+    exponentially weighted mean absolute deviation around it (both debiased, O(1), the streaming
+    stand-ins for a rolling median and MAD). Points above the threshold do not feed the baseline,
+    and the others are winsorised at the threshold, so outliers cannot drag it up.
+
+    A point exceeds when it is more than ``rtol`` × |baseline| *and* more than ``deviations`` mean
+    absolute deviations beyond the baseline. The alert fires after ``min_points`` consecutive
+    exceeding points, or at once for a point beyond ``single_rtol`` × |baseline|. It resolves when a
+    fast EMA (10-point span) of the points since onset is back below the baseline plus half the
+    relative jump (1.5× the baseline by default): a smoothed test, so one low noisy point does not end
+    it. When it has
+    not recovered ``recovery`` steps after onset it escalates: the spike alert is superseded by a
+    critical ``divergence`` finding and the baseline is learned anew.
+
+    Parameters:
+        mode: ``min`` (a loss: a jump up is bad) or ``max`` (a metric: a drop is bad).
+        window: span of the baseline EMAs, in points.
+        rtol: relative jump over the baseline (1.0: twice the baseline).
+        deviations: jump in mean absolute deviations (6 ≈ OLMo's 6σ rule; MAD ≈ 0.8σ).
+        min_points: consecutive exceeding points before firing.
+        single_rtol: a single point this far above (9.0: 10× the baseline, Megatron's rule) fires at once.
+        recovery: steps after onset within which the series must recover, else escalate.
+        warmup: points learned per segment before the rule can fire.
+        finite_only: skip NaN/±Inf (the ``non_finite`` rule reports them); False counts them as exceeding.
+    """
+
+    rule = "spike"
+    severity = "warning"
+    mode: str = "min"
+    window: int = 128
+    rtol: float = 1.0
+    deviations: float = 6.0
+    min_points: int = 2
+    single_rtol: float = 9.0
+    recovery: int = 500
+    warmup: int = 50
+    finite_only: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice(self, "mode", ("min", "max"))
+        check_int(self, "window", 1)
+        check_float(self, "rtol", 0.0, strict=True)
+        check_float(self, "deviations", 0.0)
+        check_int(self, "min_points", 1)
+        check_float(self, "single_rtol", 0.0, strict=True)
+        check_int(self, "recovery", 1)
+        check_int(self, "warmup", 1)
+        check_bool(self, "finite_only")
+
+    def _fresh(self) -> dict[str, Any]:
+        return {
+            "n": 0, "em": 0.0, "ed": 0.0, "p": 1.0, "cnt": 0, "first": None, "active": False,
+            "onset": None, "base": None, "rec_level": None, "peak": None, "ea": 0.0, "pa": 1.0, "thr": None,
+        }
+
+    def _run(self, st, steps, values, key, context, out) -> None:  # type: ignore[no-untyped-def]
+        sign = 1.0 if self.mode == "min" else -1.0
+        a = alpha_of(self.window)
+        b = 1.0 - a
+        fa = alpha_of(10)
+        fb = 1.0 - fa
+        rtol, single, dev, warmup = self.rtol, self.single_rtol, self.deviations, self.warmup
+        n, em, ed, p = st["n"], st["em"], st["ed"], st["p"]
+        cnt, active = st["cnt"], st["active"]
+        for s, v in zip(steps, values, strict=True):
+            if v - v == 0.0:
+                y = sign * v
+            elif self.finite_only or v != v:
+                continue
+            else:
+                y = sign * v  # ±Inf counts as exceeding in the bad direction only
+                if y < 0:
+                    continue
+            if active:
+                ea = st["ea"] = fb * st["ea"] + fa * y  # fast level since onset
+                pa = st["pa"] = st["pa"] * fb
+                level = ea / (1.0 - pa)
+                if y > st["peak"]:
+                    st["peak"] = y
+                if level < st["rec_level"]:
+                    active = False
+                    cnt = 0
+                    out.append(self._finding("resolve", s, v, st, key, sign))
+                elif s - st["onset"] >= self.recovery:
+                    active = False
+                    cnt = 0
+                    out.extend(self._escalation(s, v, level, st, key, sign))
+                    n, em, ed, p = 0, 0.0, 0.0, 1.0  # learn the new level as the baseline
+                continue
+            if n < warmup:
+                n += 1
+                em = b * em + a * y
+                p *= b
+                m = em / (1.0 - p)
+                ed = b * ed + a * abs(y - m)
+                continue
+            c = 1.0 - p
+            m = em / c
+            d = ed / c
+            am = abs(m)
+            thr = m + max(rtol * am, dev * d)
+            if y > thr:
+                cnt += 1
+                if cnt == 1:
+                    st["first"] = s
+                if cnt >= self.min_points or y > m + max(single * am, dev * d):
+                    active = True
+                    st.update(
+                        onset=st["first"], base=m, rec_level=m + 0.5 * min(thr - m, rtol * am), peak=y,
+                        ea=y * fa, pa=fb, thr=thr,
+                    )
+                    out.append(self._finding("fire", s, v, st, key, sign))
+                continue
+            cnt = 0
+            yw = y if y < thr else thr
+            em = b * em + a * yw
+            p *= b
+            ed = b * ed + a * abs(yw - m)
+        st.update(n=n, em=em, ed=ed, p=p, cnt=cnt, active=active)
+
+    def _finding(self, action: str, s: int, v: float, st: dict[str, Any], key: str, sign: float) -> Finding:
+        base = sign * st["base"]
+        label = series_label(key)
+        if action == "fire":
+            direction = "jumped to" if sign > 0 else "dropped to"
+            reason = (
+                f"{label} spiked: {direction} {num(v)} at step {s:,}, {ratio_text(v, base)} its baseline "
+                f"{num(base)} (threshold {num(sign * st['thr'])})"
+            )
+        else:
+            reason = (
+                f"{label} recovered from the spike at step {st['onset']:,}: {num(v)} at step {s:,} is "
+                f"back near its baseline {num(base)} (peak {num(sign * st['peak'])})"
+            )
+        return Finding(self.rule, action, s, v, base, self.severity, reason, key, st["onset"])
+
+    def _escalation(self, s: int, v: float, level: float, st: dict[str, Any], key: str, sign: float) -> list[Finding]:
+        base = sign * st["base"]
+        onset = st["onset"]
+        label = series_label(key)
+        lasted = f"{s - onset:,} steps"
+        spike = Finding(
+            self.rule, "escalate", s, v, base, "critical",
+            f"{label} did not recover from the spike at step {onset:,} within {lasted}: smoothed "
+            f"{num(sign * level)} at step {s:,} vs baseline {num(base)}; escalated to divergence",
+            key, onset, {"escalated_to": "divergence"},
+        )
+        divergence = Finding(
+            "divergence", "fire", s, sign * level, base, "critical",
+            f"{label} diverged: jumped at step {onset:,} and has stayed there for {lasted}: smoothed "
+            f"{num(sign * level)} at step {s:,} is {ratio_text(sign * level, base)} its baseline {num(base)}",
+            key, onset,
+            {"escalated_from": "spike", "resolve_below": encode_number(st["rec_level"]), "sign": sign},
+        )
+        return [spike, divergence]
+
+
+def resolve_level(finding: Finding) -> float | None:
+    """The direction-adjusted level below which an escalated divergence counts as recovered."""
+    v = finding.details.get("resolve_below")
+    return None if v is None else decode_number(v)
+
+
+__all__ = ["NonFinite", "Spike", "resolve_level"]

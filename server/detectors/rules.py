@@ -1,0 +1,327 @@
+"""Rule configuration: which rule runs on which series, with which parameters, and why.
+
+The configuration is plain JSON, layered: built-in defaults, then the project's configuration,
+then the run's (``losswatch.init(alerts=...)``), then the rules silenced for the run::
+
+    {"divergence": {"rtol": 1.0, "patience": 200},     # change parameters
+     "plateau": false,                                  # silence a rule
+     "spike": {"kinds": ["loss", "loss_component"]},   # where it applies
+     "misalignment": {"pair": "val/loss", "mode": "max"},
+     "silenced": ["overfitting"]}                       # another way to silence
+
+Per rule, ``enabled``, ``kinds``, ``keys`` (glob patterns a key must match, empty: any),
+``exclude`` (glob patterns that exclude a key) and ``pair`` (the paired series for overfitting and
+misalignment) select where it runs; every other entry is a parameter of its detector.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import Any
+
+from .base import Detector
+from .pairs import Misalignment, Overfitting
+from .pointwise import NonFinite, Spike
+from .stalled import Stalled
+from .trend import Divergence, Plateau
+
+#: Evaluation order within a series (it matters: a spike escalation is handed to divergence).
+SERIES_RULES = ("non_finite", "spike", "divergence", "plateau", "overfitting", "misalignment")
+RULES = (*SERIES_RULES, "stalled")
+KINDS = ("loss", "loss_component", "metric", "lr", "grad_norm", "other")
+EVAL_PATTERNS = ("val/*", "valid/*", "validation/*", "eval/*", "test/*", "val_*", "eval_*", "test_*")
+_SELECTORS = ("enabled", "kinds", "keys", "exclude", "pair")
+
+DETECTORS: dict[str, type[Any]] = {
+    "non_finite": NonFinite,
+    "spike": Spike,
+    "divergence": Divergence,
+    "plateau": Plateau,
+    "overfitting": Overfitting,
+    "misalignment": Misalignment,
+    "stalled": Stalled,
+}
+
+#: Why each default is what it is. docs/alerts.md repeats these; a test checks every default has one.
+REASONS: dict[str, dict[str, str]] = {
+    "non_finite": {
+        "resolve_after": "NaN weights make every later loss NaN, so 10 finite values in a row prove the model "
+        "is finite again (Keras' TerminateOnNaN stops at the first NaN; we report it and watch for recovery).",
+    },
+    "spike": {
+        "mode": "min: applied to losses, where a jump up is bad.",
+        "window": "128 points, the window OLMo uses for its loss-spike statistics (mean and σ of the last 128).",
+        "rtol": "1.0, i.e. twice the local baseline: the size of spike the goals ask to catch.",
+        "deviations": "6 mean absolute deviations, close to OLMo's mean + 6σ skip rule, so heavy-tailed "
+        "minibatch noise alone does not trip it.",
+        "min_points": "2 consecutive points: single-point rules raise 2–20 false alarms per 10k heavy-tailed "
+        "healthy steps; two in a row cut that by orders of magnitude and keep the delay at 1 point.",
+        "single_rtol": "9.0, i.e. 10× the baseline fires on one point: Megatron flags a loss ≥ 10× its early "
+        "maximum; no healthy noise gets there.",
+        "recovery": "500 steps: loss spikes in large-scale training that recover do so within a few hundred "
+        "steps (PaLM restarted ~100 steps before a spike and skipped 200–500 batches).",
+        "warmup": "50 points to learn the baseline and its deviation before judging.",
+    },
+    "divergence": {
+        "mode": "min: applied to losses; EarlyStopping's mode.",
+        "window": "50 points of EMA: short enough for the goal of a median delay ≤ 100 steps, long enough "
+        "to average out minibatch noise.",
+        "rtol": "1.0: the smoothed loss at twice its best is far beyond the noise of any healthy run, and "
+        "is where torch/Lightning users put a `divergence_threshold` by hand.",
+        "atol": "0: scale-free by default; set it for losses that approach 0.",
+        "patience": "50 steps above the threshold: the smoothed value of a one-off spike falls back within "
+        "that (the spike rule reports it), a real divergence stays.",
+        "warmup": "200 points: the first steps (LR warm-up, the initial loss drop) are not a baseline.",
+    },
+    "plateau": {
+        "mode": "min: applied to losses; EarlyStopping's and ReduceLROnPlateau's mode.",
+        "window": "200 points: the smoothed value of a per-batch loss needs a long window for "
+        "improvements of a fraction of a percent to be measurable.",
+        "patience": "5,000 steps: ReduceLROnPlateau waits 10 evaluations and EarlyStopping 3; at one "
+        "evaluation every 500–2,000 steps that is 1,500–20,000 steps; 5,000 keeps warnings rare.",
+        "min_delta": "1e-4 relative: torch ReduceLROnPlateau's default threshold (mode 'rel').",
+        "deviations": "3 standard errors of the smoothed value: noise alone rarely makes a 3σ new best.",
+        "lr_drop": "a 10% fall of the LR since the last restart is a planned drop (step decay, cosine, "
+        "ReduceLROnPlateau's factor 0.1–0.5), after which the loss is given patience again.",
+        "warmup": "500 points: early training is never a plateau.",
+    },
+    "overfitting": {
+        "patience": "3 evaluations: Lightning EarlyStopping's default patience.",
+        "min_delta": "0: Lightning EarlyStopping's default min_delta.",
+        "warmup": "2 evaluations: the first evaluations of a run are too early to judge a trend.",
+    },
+    "misalignment": {
+        "window": "8 evaluations: enough for a rank correlation to mean something (critical value ≈ 0.64 "
+        "at 5% one-sided), few enough to notice within a run.",
+        "threshold": "0.3: aligned loss and metric correlate at 0.8–1.0; below 0.3 the metric is not "
+        "following the loss.",
+        "min_delta": "2% relative improvement of the loss over the window, so a saturated run is not judged.",
+        "mode": "max: accuracy, precision and mAP are higher-is-better; set min for error rates.",
+        "loss_mode": "min: losses are lower-is-better.",
+    },
+    "stalled": {
+        "factor": "10× the run's own usual interval: a sender that batches every few seconds is late by "
+        "an order of magnitude only when something is wrong.",
+        "min_seconds": "60 s: a client flushes at least every few seconds and heartbeats while idle.",
+        "gap_factor": "1.5× the longest healthy gap seen: an epoch-end evaluation pause, once seen, is usual.",
+        "window": "20 arrivals of EWMA.",
+        "warmup": "3 intervals: start-up and the first compilation do not set the usual interval.",
+    },
+}
+
+_DEFAULT_SELECT: dict[str, dict[str, tuple[str, ...]]] = {
+    "non_finite": {"kinds": ("loss", "loss_component", "metric", "grad_norm")},
+    "spike": {"kinds": ("loss",), "exclude": EVAL_PATTERNS},
+    "divergence": {"kinds": ("loss",), "exclude": EVAL_PATTERNS},
+    "plateau": {"kinds": ("loss",), "exclude": EVAL_PATTERNS},
+    "overfitting": {"kinds": ("loss", "loss_component"), "keys": EVAL_PATTERNS},
+    "misalignment": {"kinds": ("metric",)},
+    "stalled": {"kinds": ()},
+}
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One rule's effective configuration."""
+
+    name: str
+    enabled: bool = True
+    kinds: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    pair: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def applies(self, key: str, kind: str) -> bool:
+        if not self.enabled or kind not in self.kinds:
+            return False
+        if self.keys and not any(fnmatch.fnmatchcase(key, p) for p in self.keys):
+            return False
+        return not any(fnmatch.fnmatchcase(key, p) for p in self.exclude)
+
+    def detector(self) -> Any:
+        return make_detector(self.name, self.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"enabled": self.enabled, "kinds": list(self.kinds), "keys": list(self.keys),
+                             "exclude": list(self.exclude)}
+        if self.pair is not None:
+            d["pair"] = self.pair
+        d.update(self.params)
+        return d
+
+
+def make_detector(rule: str, params: Mapping[str, Any] | None = None) -> Any:
+    """The detector of ``rule`` with ``params`` (defaults for the rest); ValueError when invalid."""
+    if rule not in DETECTORS:
+        raise ValueError(f"unknown rule {rule!r} (known: {', '.join(RULES)})")
+    items = tuple(sorted((params or {}).items()))
+    try:
+        return _make(rule, items)
+    except TypeError:  # unhashable parameter value: build without the cache, to report it
+        return _build(rule, dict(items))
+
+
+@lru_cache(maxsize=512)
+def _make(rule: str, items: tuple[tuple[str, Any], ...]) -> Any:
+    return _build(rule, dict(items))
+
+
+def _build(rule: str, params: dict[str, Any]) -> Any:
+    cls = DETECTORS[rule]
+    known = cls.__dataclass_fields__.keys()
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(
+            f"{rule}: unknown parameter {', '.join(map(repr, unknown))} "
+            f"(parameters: {', '.join(known)}; selectors: {', '.join(_SELECTORS)})"
+        )
+    return cls(**params)
+
+
+def defaults(rule: str) -> dict[str, Any]:
+    """The default parameters of ``rule``."""
+    return make_detector(rule).params()
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """The effective rules of a run (or a project). Immutable; build with :meth:`from_dict`."""
+
+    rules: Mapping[str, RuleSpec]
+
+    @classmethod
+    def default(cls) -> RuleConfig:
+        return _DEFAULT
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, base: RuleConfig | None = None) -> RuleConfig:
+        """``data`` layered over ``base`` (the built-in defaults when None). Raises ValueError."""
+        return (base or _DEFAULT).merge(data)
+
+    def merge(self, data: Mapping[str, Any] | None) -> RuleConfig:
+        if data is None:
+            return self
+        if not isinstance(data, Mapping):
+            raise ValueError(f"alert rules must be an object, got {type(data).__name__}")
+        rules = dict(self.rules)
+        for name, value in data.items():
+            if name == "silenced":
+                continue
+            if name not in rules:
+                raise ValueError(f"unknown rule {name!r} (known: {', '.join(RULES)}, or 'silenced')")
+            rules[name] = _merge_spec(rules[name], value)
+        merged = RuleConfig(rules)
+        if "silenced" in data:
+            merged = merged.silence(_names(data["silenced"], "silenced"))
+        return merged
+
+    def silence(self, names: Iterable[str]) -> RuleConfig:
+        rules = dict(self.rules)
+        for name in names:
+            if name not in rules:
+                raise ValueError(f"cannot silence unknown rule {name!r} (known: {', '.join(RULES)})")
+            rules[name] = replace(rules[name], enabled=False)
+        return RuleConfig(rules)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full effective configuration, JSON-safe (what the API can show)."""
+        return {name: spec.to_dict() for name, spec in self.rules.items()}
+
+    def rules_for(self, key: str, kind: str) -> tuple[str, ...]:
+        """The enabled series rules that apply to a series, in evaluation order."""
+        return tuple(r for r in SERIES_RULES if self.rules[r].applies(key, kind))
+
+    def detector(self, rule: str) -> Detector:
+        return self.rules[rule].detector()
+
+    def pair(self, rule: str, key: str, series_kinds: Mapping[str, str]) -> str | None:
+        """The series paired with ``key`` for ``overfitting`` (its training loss) or ``misalignment``
+        (the loss the metric should follow), among the run's series (key -> kind); None if none."""
+        spec = self.rules[rule]
+        if spec.pair is not None:
+            return spec.pair if spec.pair in series_kinds else None
+        if rule == "overfitting":
+            return next((k for k in train_candidates(key) if k in series_kinds), None)
+        if rule == "misalignment":
+            for k in ("train/loss", "loss", "train_loss"):
+                if series_kinds.get(k) == "loss":
+                    return k
+            trains = sorted(
+                k for k, kd in series_kinds.items()
+                if kd == "loss" and not any(fnmatch.fnmatchcase(k, p) for p in EVAL_PATTERNS)
+            )
+            return trains[0] if trains else None
+        return None
+
+
+def train_candidates(key: str) -> list[str]:
+    """Training-side keys of an evaluation key: ``val/loss`` -> ``train/loss``, ``val_loss`` -> ``loss``."""
+    out = []
+    for prefix in ("val/", "valid/", "validation/", "eval/", "test/"):
+        if key.startswith(prefix):
+            out.append("train/" + key[len(prefix):])
+    for prefix in ("val_", "eval_", "test_"):
+        if key.startswith(prefix):
+            out += [key[len(prefix):], "train_" + key[len(prefix):]]
+    return out
+
+
+def resolve_config(
+    project: Mapping[str, Any] | None = None,
+    run: Mapping[str, Any] | None = None,
+    silenced: Iterable[str] = (),
+) -> RuleConfig:
+    """Defaults, then the project's rules, then the run's, then the silenced rules."""
+    return RuleConfig.default().merge(project).merge(run).silence(silenced)
+
+
+def _names(value: Any, what: str) -> list[str]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{what} must be a list of rule names, got {value!r}")
+    return list(value)
+
+
+def _patterns(rule: str, name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{rule}.{name} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _merge_spec(spec: RuleSpec, value: Any) -> RuleSpec:
+    name = spec.name
+    if isinstance(value, bool):
+        return replace(spec, enabled=value)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be true, false or an object of parameters, got {value!r}")
+    changes: dict[str, Any] = {}
+    params = dict(spec.params)
+    for k, v in value.items():
+        if k == "enabled":
+            if not isinstance(v, bool):
+                raise ValueError(f"{name}.enabled must be true or false, got {v!r}")
+            changes["enabled"] = v
+        elif k == "kinds":
+            kinds = _patterns(name, k, v)
+            bad = [x for x in kinds if x not in KINDS]
+            if bad:
+                raise ValueError(f"{name}.kinds: unknown kind {bad[0]!r} (kinds: {', '.join(KINDS)})")
+            changes["kinds"] = kinds
+        elif k in ("keys", "exclude"):
+            changes[k] = _patterns(name, k, v)
+        elif k == "pair":
+            if name not in ("overfitting", "misalignment") or not (v is None or isinstance(v, str)):
+                raise ValueError(f"{name}.pair must be a series key (overfitting and misalignment only)")
+            changes["pair"] = v
+        else:
+            params[k] = v
+    make_detector(name, params)  # validates, with a clear message
+    return replace(spec, params=params, **changes)
+
+
+_DEFAULT = RuleConfig({name: RuleSpec(name, **_DEFAULT_SELECT[name]) for name in RULES})

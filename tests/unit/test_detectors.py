@@ -1,0 +1,412 @@
+"""Detectors on parametrised curves: pure, O(1) state, JSON state, findings with a reason."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+from losswatch.server.detectors import (
+    Divergence,
+    Finding,
+    Misalignment,
+    NonFinite,
+    Overfitting,
+    Plateau,
+    RuleConfig,
+    Spike,
+    Stalled,
+    build_context,
+    check_stalled,
+    evaluate_series,
+    record_arrival,
+    series_level,
+    spearman,
+)
+
+CFG = RuleConfig.default()
+N = 20_000
+
+
+def _curve(n: int = N, seed: int = 0, noise: str = "lognormal", scale: float = 0.3) -> np.ndarray:
+    """A healthy decaying loss with heavy-tailed minibatch noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    base = 0.4 + 2.0 * np.exp(-t / 2500) + 0.3 * (1 + t / 1000) ** -0.5
+    if noise == "none":
+        return base
+    if noise == "lognormal":
+        return base * rng.lognormal(0.0, scale, n)
+    return np.maximum(base * (1 + scale * rng.standard_t(3, n)), 0.05 * base)
+
+
+def _cosine_lr(n: int = N, warm: int = 1000, peak: float = 1e-3) -> list[float]:
+    t = np.arange(n)
+    lr = np.where(t < warm, peak * (t + 1) / warm, peak * 0.5 * (1 + np.cos(math.pi * (t - warm) / (n - warm))))
+    return lr.tolist()
+
+
+def _feed(values, steps=None, *, key="train/loss", kind="loss", batch=100, context=None, config=CFG, state=None):
+    """Feed a series in batches like the server does, with a JSON round trip of the state between batches."""
+    values = list(map(float, values))
+    steps = list(range(len(values))) if steps is None else list(steps)
+    findings: list[Finding] = []
+    for i in range(0, len(steps), batch):
+        ctx = {}
+        for k, v in (context or {}).items():
+            ctx[k] = v[i:i + batch] if isinstance(v, list) else v
+        state, f = evaluate_series(state, key, kind, steps[i:i + batch], values[i:i + batch], config, ctx)
+        state = json.loads(json.dumps(state, allow_nan=False))
+        findings += f
+    return state, findings
+
+
+def _only(findings, rule=None, action=None):
+    return [f for f in findings if (rule is None or f.rule == rule) and (action is None or f.action == action)]
+
+
+# --- healthy runs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param(_curve(5000, noise="none"), id="smooth-decay"),
+        pytest.param(2.0 * (1 + np.arange(5000) / 100) ** -0.3, id="power-law"),
+        pytest.param(np.linspace(3.0, 0.5, 5000), id="linear"),
+    ],
+)
+def test_steady_fall_has_no_finding(values):
+    _, findings = _feed(values)
+    assert findings == []
+
+
+@pytest.mark.parametrize("noise", ["lognormal", "student-t"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_heavy_tailed_healthy_run_has_no_false_alarm(noise, seed):
+    values = _curve(N, seed, noise, 0.3 if noise == "lognormal" else 0.1)
+    _, findings = _feed(values, context={"lr": _cosine_lr()})
+    assert [(f.rule, f.step) for f in findings] == []
+
+
+# --- non_finite --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_fires_on_the_exact_step_and_resolves(bad):
+    values = list(_curve(3000, noise="none"))
+    values[1234] = bad
+    values[1235] = math.nan
+    _, findings = _feed(values)
+    fired = _only(findings, "non_finite", "fire")
+    assert [f.step for f in fired] == [1234]
+    assert fired[0].severity == "critical"
+    assert fired[0].reason.startswith("train/loss is ") and "step 1,234" in fired[0].reason
+    assert "last finite value" in fired[0].reason
+    assert json.loads(json.dumps(fired[0].to_dict(), allow_nan=False))["value"] in ("NaN", "Infinity", "-Infinity")
+    resolved = _only(findings, "non_finite", "resolve")
+    assert [f.step for f in resolved] == [1245]  # 10 finite points after the last non-finite one
+    assert [f.rule for f in findings] == ["non_finite", "non_finite"]  # the other rules skip it
+
+
+def test_non_finite_first_point():
+    _, f = NonFinite().update(None, 0, math.nan, key="train/loss")
+    assert f[0].action == "fire" and "no finite value before it" in f[0].reason
+
+
+# --- spike and divergence ----------------------------------------------------------------------------
+
+
+def test_single_spike_fires_and_resolves_without_divergence():
+    values = _curve(6000, seed=3)
+    values[4000:4012] *= 4.0
+    _, findings = _feed(values)
+    assert [(f.rule, f.action) for f in findings] == [("spike", "fire"), ("spike", "resolve")]
+    fire, resolve = findings
+    assert 4000 <= fire.step <= 4002 and fire.onset_step == 4000
+    assert 4012 <= resolve.step <= 4020
+    assert "spiked" in fire.reason and "baseline" in fire.reason and "step 4,00" in fire.reason
+
+
+def test_extreme_single_point_fires_at_once():
+    values = _curve(3000, seed=4)
+    values[2500] *= 30.0
+    _, findings = _feed(values)
+    assert [(f.rule, f.action, f.step) for f in findings][0] == ("spike", "fire", 2500)
+    assert not _only(findings, "divergence")
+
+
+def test_lasting_jump_escalates_to_divergence_once():
+    values = _curve(8000, seed=5)
+    values[4000:] *= 1.8  # 1.8x on a noisy baseline: above the spike threshold, below 2x the best
+    values[4000:] += 0.8
+    _, findings = _feed(values)
+    kinds = [(f.rule, f.action) for f in findings]
+    assert kinds[0] == ("spike", "fire")
+    assert ("spike", "escalate") in kinds
+    div = _only(findings, "divergence", "fire")
+    assert len(div) == 1 and div[0].severity == "critical"
+    assert div[0].onset_step is not None and 4000 <= div[0].onset_step <= 4050
+    assert not _only(findings, "spike", "resolve")
+    assert not _only(findings, "divergence", "resolve")
+
+
+def test_spike_that_does_not_recover_hands_its_alert_to_divergence():
+    config = CFG.merge({"divergence": {"rtol": 3.0}})  # the divergence rule alone would not fire
+    values = _curve(9000, seed=5)
+    values[4000:7000] *= 3.0
+    _, findings = _feed(values, config=config)
+    assert [(f.rule, f.action) for f in findings] == [
+        ("spike", "fire"), ("spike", "escalate"), ("divergence", "fire"), ("divergence", "resolve"),
+    ]
+    esc, div, back = findings[1:]
+    assert esc.step == div.step and 4500 <= div.step <= 4510 and div.onset_step == findings[0].onset_step
+    assert div.severity == "critical" and "has stayed there for 500 steps" in div.reason
+    assert 7000 < back.step < 7100
+
+
+def test_divergence_of_a_sustained_rise():
+    values = _curve(8000, seed=6)
+    values[5000:] *= np.linspace(1.0, 6.0, 3000)  # the loss climbs for 3000 steps
+    _, findings = _feed(values)
+    div = _only(findings, "divergence", "fire")
+    assert len(div) == 1
+    f = div[0]
+    assert f.severity == "critical" and f.value > 2 * f.reference
+    assert 5000 < f.step < 6500
+    assert f.reason.startswith("train/loss diverged: smoothed ")
+    assert "× its best" in f.reason and "for " in f.reason and " steps" in f.reason
+
+
+def test_divergence_resolves_when_the_loss_comes_back():
+    values = np.concatenate([np.full(1000, 1.0), np.linspace(1.0, 5.0, 100), np.full(400, 5.0), np.full(500, 1.0)])
+    det = Divergence()
+    state, findings = det.run(None, list(range(len(values))), values.tolist(), key="x")
+    assert [f.action for f in findings] == ["fire", "resolve"]
+    assert findings[0].reason.startswith("x diverged")
+
+
+# --- plateau -----------------------------------------------------------------------------------------
+
+
+def _flat(n: int, level: float = 1.0, seed: int = 7) -> np.ndarray:
+    return level * np.random.default_rng(seed).lognormal(0.0, 0.2, n)
+
+
+def test_plateau_fires_after_patience():
+    values = np.concatenate([np.linspace(3.0, 1.0, 3000) * _flat(3000, seed=1), _flat(12000)])
+    _, findings = _feed(values, context={"lr": 1e-4})
+    fired = _only(findings, "plateau", "fire")
+    assert len(fired) == 1
+    assert 3000 + 5000 <= fired[0].step <= 3000 + 7000
+    assert "plateaued" in fired[0].reason and "lr 0.0001" in fired[0].reason
+
+
+def test_no_plateau_while_the_lr_warms_up():
+    values = _flat(12000)
+    lr = (np.linspace(1e-6, 1e-3, 12000)).tolist()  # a very long warm-up over a flat loss
+    _, findings = _feed(values, context={"lr": lr})
+    assert _only(findings, "plateau") == []
+
+
+def test_no_plateau_right_after_a_planned_lr_drop():
+    values = np.concatenate([_flat(9000, 1.0), _flat(4900, 0.8, seed=8)])
+    lr = [1e-3] * 9000 + [1e-4] * 4900  # step decay at 9000, flat for almost `patience` on both sides
+    # the loss has been flat since ~step 500: without the drop the rule would fire at ~5,500
+    _, findings = _feed(values[:9000], context={"lr": lr[:9000]})
+    assert [f.step for f in _only(findings, "plateau", "fire")]
+    fired_before = _only(findings, "plateau", "fire")[0].step
+    state, findings = _feed(values, context={"lr": lr})
+    resolved = _only(findings, "plateau", "resolve")
+    assert [f.step for f in resolved] == [9000] and "dropped" in resolved[0].reason
+    assert [f.step for f in _only(findings, "plateau", "fire")] == [fired_before]
+
+
+def test_lr_drop_restarts_patience():
+    det = Plateau(patience=1000, warmup=10)
+    values = _flat(2500).tolist()
+    lr = [1e-3] * 900 + [1e-4] * 1600
+    _, findings = det.run(None, list(range(2500)), values, context={"lr": lr})
+    assert [f.step for f in findings if f.action == "fire"][0] >= 1900
+
+
+# --- overfitting and misalignment -----------------------------------------------------------------------
+
+
+def _evals(val, train):
+    steps = [1000 * (i + 1) for i in range(len(val))]
+    return steps, list(map(float, val)), list(map(float, train))
+
+
+def test_overfitting_fires_after_patience_evaluations():
+    val = [2.0, 1.6, 1.4, 1.35, 1.38, 1.42, 1.47, 1.55, 1.6]
+    train = [2.0, 1.5, 1.2, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+    steps, v, t = _evals(val, train)
+    _, findings = _feed(v, steps, key="val/loss", context={"train_loss": t, "train_key": "train/loss"}, batch=1)
+    fired = _only(findings, "overfitting", "fire")
+    assert [f.step for f in fired] == [7000]  # 3rd evaluation above the best (step 4,000) while train falls
+    assert fired[0].onset_step == 5000
+    assert "overfitting" in fired[0].reason and "train/loss fell from 1.00 to 0.700" in fired[0].reason
+
+
+def test_no_overfitting_when_both_fall_or_train_stalls():
+    steps, v, t = _evals([2.0, 1.6, 1.4, 1.3, 1.25, 1.2, 1.18], [2.0, 1.5, 1.2, 1.0, 0.9, 0.8, 0.7])
+    assert _feed(v, steps, key="val/loss", context={"train_loss": t}, batch=1)[1] == []
+    steps, v, t = _evals([2.0, 1.6, 1.4, 1.5, 1.6, 1.7, 1.8], [2.0, 1.5, 1.2, 1.2, 1.25, 1.3, 1.35])
+    assert _feed(v, steps, key="val/loss", context={"train_loss": t}, batch=1)[1] == []
+
+
+def test_misalignment_fires_when_the_metric_stagnates():
+    rng = np.random.default_rng(9)
+    loss = np.linspace(2.0, 1.0, 20)
+    metric = 0.30 + 0.005 * rng.standard_normal(20)
+    steps = [500 * (i + 1) for i in range(20)]
+    ctx = {"loss": loss.tolist(), "loss_key": "train/loss"}
+    _, findings = _feed(metric, steps, key="val/mAP50-95", kind="metric", context=ctx, batch=5)
+    fired = _only(findings, "misalignment", "fire")
+    assert len(fired) == 1 and fired[0].step <= steps[10]
+    assert "val/mAP50-95 is not following train/loss" in fired[0].reason
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_misalignment_when_they_move_together(seed):
+    rng = np.random.default_rng(seed)
+    loss = 2.0 * (1 + np.arange(30)) ** -0.5
+    metric = 0.6 - 0.25 * loss + 0.003 * rng.standard_normal(30)
+    steps = [500 * (i + 1) for i in range(30)]
+    _, findings = _feed(metric, steps, key="val/mAP50-95", kind="metric", context={"loss": loss.tolist()}, batch=3)
+    assert findings == []
+
+
+def test_spearman():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 1, 1, 1]) == 0.0
+
+
+# --- segments, replays, purity, JSON ---------------------------------------------------------------------
+
+
+def test_step_going_backwards_starts_a_new_segment_without_finding():
+    values = _curve(6000, seed=10)
+    steps = list(range(4000)) + list(range(3000, 5000))  # resumed from the checkpoint at step 3000
+    resumed = np.concatenate([values[:4000], values[3000:5000] * 1.05])
+    state, findings = _feed(resumed, steps, context={"lr": 1e-4})
+    assert findings == []
+    assert state["spike"]["seg"] == 1 and state["divergence"]["seg"] == 1 and state["last"][0] == 4999
+
+
+def test_new_segment_closes_an_open_alert():
+    det = NonFinite()
+    state, f1 = det.run(None, [0, 1, 2], [1.0, math.nan, math.nan], key="train/loss")
+    state, f2 = det.run(state, [1, 2], [0.9, 0.8], key="train/loss")
+    assert [f.action for f in f1 + f2] == ["fire", "resolve"]
+    assert f2[0].details["segment_reset"] and "went back from step 2 to 1" in f2[0].reason
+
+
+def test_a_retried_batch_is_skipped():
+    values = _curve(1000, seed=11).tolist()
+    state, _ = evaluate_series(None, "train/loss", "loss", list(range(500)), values[:500], CFG)
+    again, findings = evaluate_series(state, "train/loss", "loss", list(range(400, 500)), values[400:500], CFG)
+    assert findings == [] and again == state
+
+
+def test_state_round_trip_mid_stream_gives_identical_results():
+    values = _curve(12000, seed=12)
+    values[3000] = math.nan
+    values[6000:6010] *= 5.0
+    values[9000:] *= 3.0
+    steps = list(range(12000))
+    lr = _cosine_lr(12000)
+    whole, f_whole = evaluate_series(None, "train/loss", "loss", steps, values.tolist(), CFG, {"lr": lr})
+    state, f_parts = None, []
+    for i in range(0, 12000, 777):
+        state, f = evaluate_series(state, "train/loss", "loss", steps[i:i + 777], values[i:i + 777].tolist(), CFG,
+                                   {"lr": lr[i:i + 777]})
+        state = json.loads(json.dumps(state, allow_nan=False))
+        f_parts += f
+    assert [f.to_dict() for f in f_parts] == [f.to_dict() for f in f_whole] and len(f_whole) >= 4
+    assert json.loads(json.dumps(whole)) == state
+
+
+def test_update_is_pure_and_point_by_point_equals_batch():
+    values = _curve(2000, seed=13)
+    values[1500:1504] *= 6
+    for det in (NonFinite(), Spike(), Divergence(), Plateau(patience=300, warmup=100)):
+        state, point_findings = None, []
+        for s, v in enumerate(values.tolist()):
+            before = copy.deepcopy(state)
+            state, f = det.update(state, s, v, key="k", lr=1e-3)
+            assert state is not before and (before is None or before == copy.deepcopy(before))
+            point_findings += f
+        batch_state, batch_findings = det.run(None, list(range(2000)), values.tolist(), key="k", context={"lr": 1e-3})
+        assert batch_findings == point_findings and batch_state == state
+
+
+def test_evaluate_series_does_not_modify_its_input():
+    state, _ = evaluate_series(None, "train/loss", "loss", [0, 1], [1.0, 0.9], CFG)
+    frozen = copy.deepcopy(state)
+    evaluate_series(state, "train/loss", "loss", [2, 3], [math.nan, 0.8], CFG)
+    assert state == frozen
+
+
+def test_series_level_and_build_context():
+    state, _ = _feed(np.full(300, 0.7))
+    assert series_level(state) == pytest.approx(0.7)
+    kinds = {"train/loss": "loss", "val/loss": "loss", "val/mAP50-95": "metric", "lr": "lr"}
+    levels = {"train/loss": 0.7}
+    ctx = build_context("val/loss", "loss", CFG, kinds, levels, lr=1e-3)
+    assert ctx == {"lr": 1e-3, "train_key": "train/loss", "train_loss": 0.7}
+    ctx = build_context("val/mAP50-95", "metric", CFG, kinds, levels)
+    assert ctx == {"loss_key": "train/loss", "loss": 0.7}
+
+
+def test_pair_detectors_skip_points_without_the_paired_level():
+    assert Overfitting().run(None, [1, 2], [1.0, 2.0], context={})[1] == []
+    assert Misalignment().run(None, [1, 2], [1.0, 2.0], context={"loss": None})[1] == []
+
+
+# --- stalled -----------------------------------------------------------------------------------------
+
+
+def test_stalled_fires_once_and_resolves_on_arrival():
+    state = None
+    t = 1_000_000.0
+    for i in range(20):
+        state, f = record_arrival(state, t + 5.0 * i, CFG, step=100 * i, label="run 'lr-3e-4'")
+        assert f == []
+    last = t + 95.0
+    state, f = check_stalled(state, last + 59.0, CFG)
+    assert f is None  # 10x 5 s = 50 s, but never less than 60 s
+    state, f = check_stalled(state, last + 61.0, CFG, label="run 'lr-3e-4'")
+    assert f is not None and f.rule == "stalled" and f.action == "fire" and f.step == 1900
+    assert f.reason.startswith("run 'lr-3e-4' has sent nothing for 61 s (last step 1,900)")
+    state = json.loads(json.dumps(state, allow_nan=False))
+    assert check_stalled(state, last + 600.0, CFG)[1] is None  # once per silence
+    state, f = record_arrival(state, last + 700.0, CFG, step=2000)
+    assert [x.action for x in f] == ["resolve"] and state["mean"] == pytest.approx(5.0, rel=0.01)
+
+
+def test_stalled_learns_the_evaluation_pause():
+    det = Stalled()
+    state, t = None, 0.0
+    for epoch in range(3):
+        for _ in range(50):
+            t += 2.0
+            state, _ = det.arrive(state, t)
+        t += 300.0  # evaluation pause
+        if epoch >= 1:
+            assert det.check(state, t - 1.0)[1] is None
+        state, _ = det.arrive(state, t)
+
+
+def test_stalled_needs_warmup_and_can_be_silenced():
+    state, _ = record_arrival(None, 0.0, CFG)
+    assert check_stalled(state, 10_000.0, CFG)[1] is None
+    quiet = CFG.merge({"stalled": False})
+    state = None
+    for i in range(10):
+        state, _ = record_arrival(state, float(i), quiet)
+    assert check_stalled(state, 10_000.0, quiet)[1] is None
