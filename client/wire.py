@@ -23,6 +23,7 @@ batch never duplicates a point.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
@@ -107,3 +108,12 @@ def series_entry(
 def batch(entries: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The body of one ingest request."""
     return {"series": list(entries)}
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON bytes of a request or answer body.
+
+    Refuses a bare float NaN or infinity (``allow_nan=False``): encode values with
+    :func:`encode_value` first. Floats are written with their shortest round-trip repr.
+    """
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
