@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from alembic import context
-from losswatch.server.models import Base
 from sqlalchemy import engine_from_config, pool
+
+from losswatch.server.models import Base
 
 config = context.config
 target_metadata = Base.metadata

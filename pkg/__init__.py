@@ -26,6 +26,7 @@ _PUBLIC = {
     "LosswatchError": "losswatch.client.errors",
     "TransportError": "losswatch.client.errors",
     "ServerError": "losswatch.client.errors",
+    "SummaryWriter": "losswatch.integrations.tensorboard",
 }
 
 __all__ = list(_PUBLIC)

@@ -5,6 +5,7 @@
     losswatch token create --project NAME [--scope read|write|admin] [--name LABEL] [--db URL]
     losswatch export --run ID [--key K ...] [--out FILE] [--db URL]
     losswatch sync [DIR] [--url URL] [--token TOKEN]
+    losswatch import tensorboard LOGDIR | mlflow URI  [--url URL] [--token TOKEN] [--project P]
 
 Server commands need the server extra (``pip install 'losswatch[server]'``); without it they say so.
 Settings come from ``LOSSWATCH_*`` environment variables; flags override them.
@@ -37,8 +38,9 @@ def _die(message: str, code: int = 2) -> NoReturn:
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Any:
-    from losswatch.server.settings import Settings
     from pydantic import ValidationError
+
+    from losswatch.server.settings import Settings
 
     overrides = dict(extra)
     if getattr(args, "db", None):
@@ -62,6 +64,7 @@ def settings_help() -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     _need_server()
     import uvicorn
+
     from losswatch.server.app import create_app
     from losswatch.server.settings import is_loopback
 
@@ -212,12 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--token")
     y.set_defaults(func=cmd_sync)
 
+    sub.add_parser("import", help="import runs: tensorboard LOGDIR | mlflow URI (see `losswatch import --help`)")
+
     st = sub.add_parser("settings", help="list every server setting")
     st.set_defaults(func=lambda a: print(settings_help()) or 0)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["import"]:  # its own parser, with its own --help
+        from losswatch.integrations import importers
+
+        return int(importers.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

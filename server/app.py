@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,13 +11,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from losswatch import __version__
 from losswatch.server.db import Database, has_schema, pending_migrations, upgrade
 from losswatch.server.errors import LosswatchError
 from losswatch.server.settings import Settings
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("losswatch.server")
 
@@ -115,9 +117,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = Database(settings)
         prepare_database(settings, db)
         app.state.db = db
+        workers = None
+        if settings.background_workers:
+            from losswatch.server.alerts.delivery import BackgroundWorkers
+
+            workers = BackgroundWorkers(db)
+            workers.start()
         try:
             yield
         finally:
+            if workers is not None:
+                workers.stop()
             db.dispose()
 
     app = FastAPI(
@@ -157,6 +167,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(projects.router)
     app.include_router(runs.router)
     app.include_router(query.router)
+    for optional in ("alerts", "mlflow"):  # routers that arrive with their own modules
+        try:
+            module = importlib.import_module(f"losswatch.server.api.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"losswatch.server.api.{optional}":
+                raise
+            continue
+        app.include_router(module.router)
 
     @app.get("/healthz", tags=["meta"], summary="Liveness")
     def healthz() -> dict[str, str]:

@@ -8,10 +8,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from losswatch.server.settings import Settings
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from losswatch.server.settings import Settings
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -53,6 +54,7 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time; serialising writers in-process avoids busy waits.
         self._write_lock: threading.Lock | None = threading.Lock() if settings.is_sqlite else None
+        self.outbox_event = threading.Event()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -69,13 +71,18 @@ class Database:
             with self.sessions() as session, session.begin():
                 yield session
 
+    def wake_delivery(self) -> None:
+        """New outbox rows were committed: let the delivery worker look now, not at its next tick."""
+        self.outbox_event.set()
+
     def dispose(self) -> None:
         self.engine.dispose()
 
 
 def _alembic_config(url: str) -> Any:
-    import losswatch.migrations as migrations
     from alembic.config import Config
+
+    import losswatch.migrations as migrations
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))

@@ -77,6 +77,7 @@ class Run(Base):
     host: Mapped[str | None] = mapped_column(String(500), nullable=True)
     client: Mapped[dict[str, Any]] = mapped_column(JSONType)
     alert_config: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    monitor_state: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
 
 class Series(Base):
@@ -122,3 +123,82 @@ class Chunk(Base):
     steps: Mapped[bytes] = mapped_column(LargeBinary)
     walls: Mapped[bytes] = mapped_column(LargeBinary)
     values: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+ALERT_STATUSES = ("firing", "resolved")
+CHANNEL_KINDS = ("webhook", "slack", "email")
+
+
+class Alert(Base):
+    """A rule firing on a series of a run (or on the run itself, for ``stalled``), from an onset
+    step until it resolves. At most one firing alert per (run, series, rule): ingest of a run is
+    serialised by the run's row lock, so the check-then-insert cannot race."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    series_key: Mapped[str | None] = mapped_column(String(250), nullable=True)
+    rule: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    onset_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    resolved_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    value_special: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    reference: Mapped[float | None] = mapped_column(Float, nullable=True)
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Channel(Base):
+    """Where a project's alerts go: a webhook, a Slack incoming webhook, or e-mail."""
+
+    __tablename__ = "channels"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    min_severity: Mapped[str] = mapped_column(String(16))
+    rules: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Outbox(Base):
+    """One alert event to deliver to one channel, written in the transaction that made the event.
+    A delivery worker leases due rows, sends them and records every attempt."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
+    channel_id: Mapped[int] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(16))  # fired | resolved | test
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending | sending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class DeliveryAttempt(Base):
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    outbox_id: Mapped[int] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ok: Mapped[bool] = mapped_column()
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_ms: Mapped[float] = mapped_column(Float)

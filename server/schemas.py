@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from losswatch.client import wire
 from pydantic import BaseModel, ConfigDict, Field
+
+from losswatch.client import wire
 
 RunStatus = Literal["running", "finished", "failed", "crashed", "stopped"]
 EndStatus = Literal["finished", "failed", "crashed", "stopped"]
@@ -52,6 +53,9 @@ class RunCreate(_Strict):
     notes: str | None = Field(None, max_length=100_000)
     host: str | None = Field(None, max_length=500)
     client: dict[str, Any] = Field(default_factory=dict)
+    alerts: dict[str, Any] | None = Field(
+        None, description="Rule configuration for this run, e.g. {\"plateau\": false, \"silenced\": [\"stalled\"]}."
+    )
 
 
 class RunUpdate(_Strict):
@@ -127,15 +131,20 @@ class IngestBatch(_Strict):
 class Alert(BaseModel):
     id: int
     run: str
+    run_name: str | None = None
     series: str | None
     rule: str
-    severity: str
-    status: str
+    severity: Literal["info", "warning", "critical"]
+    status: Literal["firing", "resolved"]
     onset_step: int | None
+    step: int | None
     resolved_step: int | None
     value: WireValue | None = None
+    reference: float | None = None
     message: str
+    details: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
+    updated_at: datetime
     resolved_at: datetime | None = None
 
 
@@ -189,3 +198,52 @@ class TokenCreated(BaseModel):
     name: str
     scope: Scope
     token: str = Field(description="Shown once; only its hash is stored.")
+
+
+class AlertList(BaseModel):
+    alerts: list[Alert]
+    total: int
+    limit: int
+    offset: int
+
+
+class ChannelCreate(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["webhook", "slack", "email"]
+    config: dict[str, Any] = Field(description="webhook: {url, secret?}; slack: {url}; email: {to: [addresses]}")
+    min_severity: Literal["info", "warning", "critical"] = "warning"
+    rules: list[str] | None = Field(None, max_length=20, description="Only these rules (default: all)")
+
+
+class ChannelRead(BaseModel):
+    id: int
+    name: str
+    kind: str
+    config: dict[str, Any]
+    min_severity: str
+    rules: list[str] | None
+    enabled: bool
+
+
+class ChannelList(BaseModel):
+    channels: list[ChannelRead]
+
+
+class DeliveryAttemptRead(BaseModel):
+    outbox_id: int
+    alert_id: int
+    event: str
+    delivery_status: str
+    at: datetime
+    ok: bool
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+
+
+class DeliveryAttemptList(BaseModel):
+    attempts: list[DeliveryAttemptRead]
+
+
+class AlertConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")

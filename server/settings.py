@@ -39,6 +39,27 @@ class Settings(BaseSettings):
         15.0, gt=0, description="How often the server looks for runs that stopped sending (seconds)."
     )
     log_level: str = Field("info", description="Log level of the server process.")
+    public_url: str | None = Field(
+        None, description="The dashboard's address as people reach it, for links in alert messages."
+    )
+    allow_private_channels: bool = Field(
+        False,
+        description="Allow webhook and Slack URLs that point at loopback, link-local or private "
+        "addresses (off: such URLs are refused, against SSRF).",
+    )
+    delivery_timeout_seconds: float = Field(5.0, gt=0, description="Timeout of one alert delivery attempt.")
+    delivery_max_age_hours: float = Field(
+        24.0, gt=0, description="Give up delivering an alert event after this many hours of retries."
+    )
+    smtp_host: str | None = Field(None, description="SMTP server for e-mail channels.")
+    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP port.")
+    smtp_from: str = Field("losswatch@localhost", description="Sender address of alert e-mails.")
+    smtp_username: str | None = Field(None, description="SMTP user name (optional).")
+    smtp_password: str | None = Field(None, description="SMTP password (optional; never logged).")
+    smtp_starttls: bool = Field(False, description="Use STARTTLS with the SMTP server.")
+    background_workers: bool = Field(
+        True, description="Run the alert delivery worker and the stall check in this server process."
+    )
 
     @field_validator("database_url")
     @classmethod

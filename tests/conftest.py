@@ -75,6 +75,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 def make_client(url: str, **settings: Any) -> Any:
     from fastapi.testclient import TestClient
+
     from losswatch.server.app import create_app
     from losswatch.server.settings import Settings
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import httpx
-from losswatch.server.settings import Settings
 
+from losswatch.server.settings import Settings
 from tests.conftest import BIN, ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent

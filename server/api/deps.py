@@ -7,10 +7,11 @@ from typing import Annotated
 
 import orjson
 from fastapi import Depends, Request
+from starlette.responses import Response
+
 from losswatch.server.db import Database
 from losswatch.server.errors import Forbidden, Unauthorized
 from losswatch.server.services.tokens import LOCAL, Principal, authenticate
-from starlette.responses import Response
 
 TOKEN_COOKIE = "losswatch_token"
 _AUTH_TTL_S = 10.0  # a revoked token stops working within this many seconds

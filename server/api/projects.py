@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+
 from losswatch.server.api.deps import DB, Caller, check_access
 from losswatch.server.schemas import (
     ProjectList,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+
 from losswatch.client import wire
 from losswatch.server.api.deps import DB, Caller, JSONBytes, authorize_run
 from losswatch.server.schemas import QueryResult

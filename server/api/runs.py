@@ -6,6 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
 from losswatch.client import wire
 from losswatch.server.api.deps import DB, Caller, JSONBytes, authorize_run
 from losswatch.server.schemas import (
@@ -21,7 +23,6 @@ from losswatch.server.schemas import (
     SeriesRead,
 )
 from losswatch.server.services import ingest, points, runs
-from starlette.concurrency import run_in_threadpool
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 RunId = Annotated[str, Query(pattern=RUN_ID_PATTERN)]
@@ -52,8 +53,7 @@ def finish_run(run_id: str, body: RunFinish, request: Request, db: DB, caller: C
 @router.post("/{run_id}/heartbeat", response_model=HeartbeatResult, summary="The client is alive")
 def heartbeat(run_id: str, request: Request, db: DB, caller: Caller) -> HeartbeatResult:
     authorize_run(request, caller, run_id, "write")
-    with db.write() as s:
-        return ingest.heartbeat(s, run_id)
+    return ingest.heartbeat(db, run_id)
 
 
 @router.get("/{run_id}/series", response_model=SeriesList, summary="The run's series with summaries")

@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 import orjson
+from sqlalchemy import bindparam, func, insert, select, tuple_, update
+from sqlalchemy.orm import Session
+
 from losswatch.client import wire
 from losswatch.server import chunks
 from losswatch.server.chunks import Points
 from losswatch.server.errors import InvalidRequest, series_not_found
 from losswatch.server.models import Chunk, Series
 from losswatch.server.services.runs import get_run, touch_run
-from sqlalchemy import bindparam, func, insert, select, tuple_, update
-from sqlalchemy.orm import Session
 
 _KINDS = frozenset(wire.SERIES_KINDS)
 _MAX_WALL_S = 1e11  # year 5138; anything above is a unit mistake (ms or ns sent as seconds)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from losswatch.server.errors import InvalidRequest, project_not_found
-from losswatch.server.models import Project, Run
-from losswatch.server.schemas import PROJECT_PATTERN, ProjectRead
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+
+from losswatch.server.errors import InvalidRequest, project_not_found
+from losswatch.server.models import Project, Run
+from losswatch.server.schemas import PROJECT_PATTERN, ProjectRead
 
 _NAME = re.compile(PROJECT_PATTERN)
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from losswatch.client import wire
 from losswatch.server import chunks
 from losswatch.server.errors import InvalidRequest
 from losswatch.server.models import Chunk, Series
 from losswatch.server.services.points import encode_floats, iter_chunks
 from losswatch.server.services.runs import get_run
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 MAX_BUCKETS = 20_000
 MAX_SERIES = 400

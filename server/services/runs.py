@@ -9,14 +9,21 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
 from losswatch.server.errors import InvalidRequest, run_not_found
 from losswatch.server.models import Project, Run, Series
 from losswatch.server.schemas import RunCreate, RunPage, RunRead, RunUpdate, SeriesSummary
 from losswatch.server.services.projects import get_or_create_project, get_project, now
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
 
 ENDED = ("finished", "failed", "crashed", "stopped")
+
+
+def check_rule_config(data: dict[str, Any]) -> dict[str, Any]:
+    from losswatch.server.services.alerts import check_rule_config as check
+
+    return check(data)
 
 
 def utc(dt: datetime | None) -> datetime | None:
@@ -87,6 +94,7 @@ def create_run(session: Session, project_name: str, data: RunCreate, *, create_p
         id=run_id, project_id=project.id, name=data.name or run_id[:8], group=data.group,
         tags=list(dict.fromkeys(data.tags)), config=data.config, notes=data.notes, status="running",
         created_at=t, started_at=t, heartbeat_at=t, host=data.host, client=data.client,
+        alert_config=check_rule_config(data.alerts) if data.alerts else None,
     )
     session.add(run)
     session.flush()

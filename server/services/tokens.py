@@ -11,10 +11,11 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from losswatch.server.models import TOKEN_SCOPES, Project, Token
-from losswatch.server.services.projects import get_or_create_project, now
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from losswatch.server.models import TOKEN_SCOPES, Project, Token
+from losswatch.server.services.projects import get_or_create_project, now
 
 SCOPE_RANK = {scope: i for i, scope in enumerate(TOKEN_SCOPES)}
 

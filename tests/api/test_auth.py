@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
+
 from losswatch.server.db import Database
 from losswatch.server.services.tokens import create_token
 from losswatch.server.settings import Settings
-
 from tests.conftest import make_client
 
 # (method, path template, scope needed, body). {project} and {run_id} are filled per test.
@@ -111,8 +111,9 @@ def test_malformed_authorization_header(world: Any) -> None:
 
 def test_tokens_are_stored_hashed(world: Any, db_url: str) -> None:
     _, tokens, _ = world
-    from losswatch.server.models import Token
     from sqlalchemy import select
+
+    from losswatch.server.models import Token
 
     db = Database(Settings(database_url=db_url))
     with db.read() as s:

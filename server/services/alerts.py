@@ -1,0 +1,191 @@
+"""Alerts: turn detector findings into alert rows (fire, de-duplicate, resolve) and outbox rows,
+in the caller's transaction; list them; read and write the rule configuration."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from losswatch.client import wire
+from losswatch.server.detectors import Finding, RuleConfig
+from losswatch.server.errors import InvalidRequest
+from losswatch.server.models import Alert, Channel, Outbox, Project, Run
+from losswatch.server.services.projects import now
+from losswatch.server.services.runs import utc
+
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+@dataclass
+class RunContext:
+    """What alerting needs to know about a run, read once per ingest."""
+
+    id: str
+    name: str
+    project_id: int
+    project: str
+    config: RuleConfig
+    public_url: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"run {self.name!r}"
+
+
+def alert_to_dict(a: Alert, run_name: str | None = None) -> dict[str, Any]:
+    value: float | str | None = a.value_special if a.value_special is not None else a.value
+    out = {
+        "id": a.id, "run": a.run_id, "series": a.series_key, "rule": a.rule, "severity": a.severity,
+        "status": a.status, "onset_step": a.onset_step, "step": a.step, "resolved_step": a.resolved_step,
+        "value": value, "reference": a.reference, "message": a.message, "details": a.details,
+        "created_at": utc(a.created_at).isoformat(),  # type: ignore[union-attr]
+        "updated_at": utc(a.updated_at).isoformat(),  # type: ignore[union-attr]
+        "resolved_at": utc(a.resolved_at).isoformat() if a.resolved_at else None,  # type: ignore[union-attr]
+    }
+    if run_name is not None:
+        out["run_name"] = run_name
+    return out
+
+
+def _set_value(a: Alert, value: float | None) -> None:
+    if value is None or math.isfinite(value):
+        a.value, a.value_special = value, None
+    else:
+        a.value, a.value_special = None, wire.encode_value(value)  # type: ignore[assignment]
+
+
+def _message(run: RunContext, f: Finding) -> str:
+    return f"[{f.severity}] {run.label} in {run.project}: {f.reason}"
+
+
+def _firing(session: Session, run_id: str) -> dict[tuple[str | None, str], Alert]:
+    rows = session.scalars(select(Alert).where(Alert.run_id == run_id, Alert.status == "firing"))
+    return {(a.series_key, a.rule): a for a in rows}
+
+
+def apply_findings(session: Session, run: RunContext, findings: list[Finding]) -> list[Alert]:
+    """Fire, update or resolve alerts for the findings; queue an outbox row per channel and event.
+    Returns the alerts that changed."""
+    if not findings:
+        return []
+    firing = _firing(session, run.id)
+    channels: list[Channel] | None = None
+    changed: list[Alert] = []
+    t = now()
+    for f in findings:
+        key = (f.key or None, f.rule)
+        current = firing.get(key)
+        if f.action == "fire":
+            if current is not None:  # de-duplicate: the same condition, still going on
+                current.step = f.step
+                _set_value(current, f.value)
+                current.reference = f.reference
+                current.updated_at = t
+                if SEVERITY_RANK.get(f.severity, 0) > SEVERITY_RANK.get(current.severity, 0):
+                    current.severity = f.severity
+                    current.message = _message(run, f)
+                changed.append(current)
+                continue
+            alert = Alert(
+                run_id=run.id, project_id=run.project_id, series_key=f.key or None, rule=f.rule,
+                severity=f.severity, status="firing", onset_step=f.onset_step if f.onset_step is not None else f.step,
+                step=f.step, reference=f.reference, message=_message(run, f), details=dict(f.details),
+                created_at=t, updated_at=t,
+            )
+            _set_value(alert, f.value)
+            session.add(alert)
+            session.flush()
+            firing[key] = alert
+            changed.append(alert)
+            event = "fired"
+        else:  # resolve, or escalate (closed as superseded by a stronger rule)
+            if current is None:
+                continue
+            alert = current
+            alert.status = "resolved"
+            alert.resolved_step = f.step
+            alert.resolved_at = t
+            alert.updated_at = t
+            alert.details = {**alert.details, "resolution": f.reason, "escalated": f.action == "escalate"}
+            del firing[key]
+            changed.append(alert)
+            event = "resolved"
+        if channels is None:
+            channels = list(session.scalars(select(Channel).where(Channel.project_id == run.project_id,
+                                                                  Channel.enabled.is_(True))))
+        for ch in channels:
+            if SEVERITY_RANK.get(alert.severity, 0) < SEVERITY_RANK.get(ch.min_severity, 0):
+                continue
+            if ch.rules and alert.rule not in ch.rules:
+                continue
+            session.add(Outbox(alert_id=alert.id, channel_id=ch.id, event=event,
+                               payload=event_payload(run, alert, event), status="pending", attempts=0,
+                               next_attempt_at=t, created_at=t))
+    session.flush()
+    return changed
+
+
+def event_payload(run: RunContext, alert: Alert, event: str) -> dict[str, Any]:
+    """What a channel receives: the alert, the run, and one line a person reads at a glance."""
+    text = alert.message if event == "fired" else f"[resolved] {run.label}: {alert.rule} on " \
+        f"{alert.series_key or 'the run'} resolved at step {alert.resolved_step}"
+    link = f"{run.public_url.rstrip('/')}/runs/{run.id}" if run.public_url else None
+    return {"event": f"alert.{event}", "text": text, "link": link,
+            "run": {"id": run.id, "name": run.name, "project": run.project},
+            "alert": alert_to_dict(alert)}
+
+
+def active_alerts(session: Session, run_id: str, also: list[Alert] = ()) -> list[dict[str, Any]]:  # type: ignore[assignment]
+    """The run's firing alerts, and ``also`` (alerts just changed, resolved ones included)."""
+    rows = {a.id: a for a in session.scalars(select(Alert).where(Alert.run_id == run_id, Alert.status == "firing"))}
+    rows.update((a.id, a) for a in also)
+    return [alert_to_dict(rows[i]) for i in sorted(rows)]
+
+
+def list_alerts(
+    session: Session, project_id: int, *, status: str | None = None, run_id: str | None = None,
+    rule: str | None = None, severity: str | None = None, limit: int = 100, offset: int = 0,
+) -> dict[str, Any]:
+    stmt = select(Alert, Run.name).join(Run, Run.id == Alert.run_id).where(Alert.project_id == project_id)
+    if status:
+        stmt = stmt.where(Alert.status == status)
+    if run_id:
+        stmt = stmt.where(Alert.run_id == run_id)
+    if rule:
+        stmt = stmt.where(Alert.rule == rule)
+    if severity:
+        stmt = stmt.where(Alert.severity == severity)
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.execute(stmt.order_by(Alert.id.desc()).limit(limit).offset(offset)).all()
+    return {"alerts": [alert_to_dict(a, name) for a, name in rows], "total": total, "limit": limit, "offset": offset}
+
+
+def check_rule_config(data: dict[str, Any]) -> dict[str, Any]:
+    """Validate a rule configuration (as stored per project or per run)."""
+    try:
+        RuleConfig.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"invalid alert configuration: {exc}", code="invalid_alert_config") from None
+    return data
+
+
+def run_context(session: Session, run_id: str, public_url: str | None = None) -> tuple[RunContext, Run]:
+    from losswatch.server.detectors import resolve_config
+
+    run, project = session.execute(
+        select(Run, Project).join(Project, Project.id == Run.project_id).where(Run.id == run_id)
+    ).one()
+    try:  # the run's config may carry {"silenced": [...]}
+        config = resolve_config(project.alert_config, run.alert_config)
+    except ValueError:  # stored before a rule changed: fall back to the project's and defaults
+        config = resolve_config(project.alert_config, None)
+    return RunContext(run.id, run.name, project.id, project.name, config, public_url), run
+
+
+def stamp(dt: datetime) -> float:
+    return utc(dt).timestamp()  # type: ignore[union-attr]

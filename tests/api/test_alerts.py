@@ -1,0 +1,158 @@
+"""Alerts end to end in one process: detectors at ingest, the alert lifecycle, the API, and real
+webhook/Slack/e-mail receivers on 127.0.0.1 fed by the delivery worker."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from losswatch.client import wire
+from tests.conftest import make_client
+from tests.receivers import SMTPReceiver, WebhookReceiver, wait_for
+
+
+def healthy(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return 2.0 * np.exp(-np.arange(n) / 800) + 0.3 + 0.03 * rng.standard_normal(n)
+
+
+def send(c: Any, rid: str, key: str, steps: range | list[int], values: Any, kind: str = "loss") -> dict[str, Any]:
+    r = c.post(f"/api/v1/runs/{rid}/points",
+               json={"series": [wire.series_entry(key, kind, list(steps), [float(v) for v in values])]})
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def app(db_url: str) -> Any:
+    with make_client(db_url, allow_private_channels=True, smtp_host="127.0.0.1") as c:
+        yield c
+
+
+def new_run(c: Any, **body: Any) -> str:
+    return str(c.post("/api/v1/projects/p/runs", json={"name": "lr-high", **body}).json()["id"])
+
+
+def test_nan_fires_on_the_exact_step_and_comes_back_to_the_script(app: Any) -> None:
+    rid = new_run(app)
+    values = healthy(300)
+    values[217] = math.nan
+    answer = send(app, rid, "train/loss", range(300), values)
+    (alert,) = [a for a in answer["alerts"] if a["rule"] == "non_finite"]
+    # it fired at 217 and resolved after 10 finite values, in this very batch: the answer still says so
+    assert alert["onset_step"] == 217 and alert["series"] == "train/loss" and alert["status"] == "resolved"
+    assert alert["value"] == "NaN" and alert["severity"] == "critical"
+    assert "lr-high" in alert["message"] and "train/loss" in alert["message"] and "217" in alert["message"]
+
+
+def test_divergence_fires_once_then_resolves_with_dedup(app: Any) -> None:
+    rid = new_run(app)
+    base = healthy(2000)
+    send(app, rid, "train/loss", range(2000), base)
+    assert not send(app, rid, "train/loss", [], [])["alerts"]
+    exploding = base[-1] * np.exp(np.arange(400) / 60)
+    for i in range(0, 400, 100):  # the condition continues across batches: one alert, updated
+        answer = send(app, rid, "train/loss", range(2000 + i, 2100 + i), exploding[i : i + 100])
+    div = [a for a in answer["alerts"] if a["rule"] == "divergence"]
+    assert len(div) == 1 and div[0]["onset_step"] >= 2000
+    listed = app.get("/api/v1/projects/p/alerts", params={"rule": "divergence"}).json()
+    assert listed["total"] == 1 and listed["alerts"][0]["run_name"] == "lr-high"
+    # a job resumed from a checkpoint re-logs earlier steps: a new segment, the alert resolves
+    send(app, rid, "train/loss", range(1500, 2000), base[1500:2000])
+    a = app.get(f"/api/v1/runs/{rid}/alerts").json()["alerts"]
+    assert [x["status"] for x in a if x["rule"] == "divergence"] == ["resolved"]
+    assert app.get("/api/v1/projects/p/alerts", params={"status": "firing", "rule": "divergence"}).json()["total"] == 0
+
+
+def test_healthy_noisy_run_raises_nothing(app: Any) -> None:
+    rid = new_run(app)
+    v = healthy(6000, seed=3) * np.exp(0.15 * np.random.default_rng(1).standard_t(4, 6000))
+    for i in range(0, 6000, 1000):
+        send(app, rid, "train/loss", range(i, i + 1000), v[i : i + 1000])
+    assert app.get(f"/api/v1/runs/{rid}/alerts").json()["total"] == 0
+
+
+def test_silenced_rule_and_per_run_config(app: Any) -> None:
+    rid = new_run(app, alerts={"silenced": ["non_finite"]})
+    assert send(app, rid, "train/loss", [1], [math.nan])["alerts"] == []
+    r = app.put(f"/api/v1/runs/{rid}/alert-config", json={"silenced": []})
+    assert r.status_code == 200
+    assert [a["rule"] for a in send(app, rid, "train/loss", [2], [math.inf])["alerts"]] == ["non_finite"]
+    bad = app.put(f"/api/v1/runs/{rid}/alert-config", json={"no_such_rule": {}})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_alert_config"
+    assert app.post("/api/v1/projects/p/runs", json={"alerts": {"divergence": {"rtol": "x"}}}).status_code == 422
+
+
+def test_webhook_slack_and_email_receive_the_alert(app: Any) -> None:
+    with WebhookReceiver() as hook, WebhookReceiver() as slack, SMTPReceiver() as smtp:
+        app.app.state.settings.smtp_port = smtp.port
+        rid = new_run(app)
+        for body in ({"name": "hook", "kind": "webhook", "config": {"url": hook.url, "secret": "s3cret"}},
+                     {"name": "chat", "kind": "slack", "config": {"url": slack.url}},
+                     {"name": "mail", "kind": "email", "config": {"to": ["ml@example.org"]}}):
+            assert app.post("/api/v1/projects/p/channels", json=body).status_code == 201
+        send(app, rid, "train/loss", [0, 1, 2], [1.0, math.nan, 1.0])
+        (req,) = wait_for(hook.delivered)
+        payload = req["json"]
+        assert payload["event"] == "alert.fired" and payload["alert"]["rule"] == "non_finite"
+        assert payload["alert"]["onset_step"] == 1 and payload["run"]["name"] == "lr-high"
+        sig = hmac.new(b"s3cret", req["body"], hashlib.sha256).hexdigest()
+        assert req["headers"]["X-Losswatch-Signature"] == f"sha256={sig}"
+        (chat,) = wait_for(slack.delivered)
+        assert "train/loss" in chat["json"]["text"] and "step 1" in chat["json"]["text"]
+        wait_for(lambda: smtp.messages)
+        rcpt, msg = smtp.messages[0]
+        assert rcpt == ["ml@example.org"] and "non_finite" in msg["Subject"] and "lr-high" in msg["Subject"]
+        channels = app.get("/api/v1/projects/p/channels").json()["channels"]
+        assert all("s3cret" not in str(ch) for ch in channels)  # secrets never shown
+
+
+def test_dead_webhook_is_retried_and_never_slows_ingest(app: Any) -> None:
+    with WebhookReceiver() as hook:
+        hook.status, hook.delay = 503, 0.5
+        rid = new_run(app)
+        ch = app.post("/api/v1/projects/p/channels", json={"name": "h", "kind": "webhook", "config": {"url": hook.url}})
+        send(app, rid, "train/loss", [0], [math.nan])
+        wait_for(lambda: len(hook.requests) >= 2, timeout=20)  # retried with backoff (1 s, 2 s, ...)
+        start = time.perf_counter()
+        for i in range(1, 21):
+            send(app, rid, "train/loss", [i], [1.0])
+        assert (time.perf_counter() - start) / 20 < 0.25  # the 0.5 s receiver is not on the ingest path
+        hook.status, hook.delay = 200, 0.0
+        wait_for(hook.delivered, timeout=20)
+        attempts = app.get(f"/api/v1/projects/p/channels/{ch.json()['id']}/attempts").json()["attempts"]
+        assert [a["ok"] for a in attempts][-2:] == [False, False] and attempts[0]["ok"] is True
+        assert attempts[-1]["status_code"] == 503
+
+
+def test_private_webhook_urls_are_refused_by_default(sqlite_url: str) -> None:
+    with make_client(sqlite_url) as c:
+        c.post("/api/v1/projects/p/runs", json={})
+        for url in ("http://127.0.0.1:9/x", "http://10.1.2.3/x", "http://169.254.169.254/latest", "http://[::1]/x",
+                    "ftp://example.org/x"):
+            r = c.post("/api/v1/projects/p/channels", json={"name": "h", "kind": "webhook", "config": {"url": url}})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "channel_url_refused", url
+        r = c.post("/api/v1/projects/p/channels", json={"name": "m", "kind": "email", "config": {"to": ["nope"]}})
+        assert r.status_code == 422
+
+
+def test_a_silent_run_is_marked_crashed_and_revives(db_url: str) -> None:
+    with make_client(db_url, stalled_check_seconds=0.2) as c:
+        rid = new_run(c)
+        r = c.put("/api/v1/projects/p/alert-config", json={"stalled": {"min_seconds": 0.5, "factor": 2, "warmup": 1}})
+        assert r.status_code == 200
+        for i in range(4):
+            send(c, rid, "train/loss", [i], [1.0])
+            time.sleep(0.1)
+        wait_for(lambda: c.get(f"/api/v1/runs/{rid}").json()["status"] == "crashed", timeout=10)
+        (a,) = c.get(f"/api/v1/runs/{rid}/alerts").json()["alerts"]
+        assert a["rule"] == "stalled" and a["status"] == "firing" and a["series"] is None
+        send(c, rid, "train/loss", [10], [1.0])
+        assert c.get(f"/api/v1/runs/{rid}").json()["status"] == "running"
+        assert c.get(f"/api/v1/runs/{rid}/alerts").json()["alerts"][0]["status"] == "resolved"
