@@ -51,3 +51,21 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) dashboard/node_modules dashboard/static/vendor
+
+# The Ultralytics YOLO integration test runs in its own virtualenv: ultralytics needs torchvision, and
+# PyPI's torchvision does not import beside the main venv's torch 2.13.0. torch 2.14.1 + torchvision
+# 0.29.1 (a CUDA build that also runs on CPU) first, pinned, then ultralytics and the client (no extras:
+# the test's training script only needs the client; the server runs from the main venv).
+ULTRA_VENV  := .venv-ultralytics
+ULTRA_STAMP := $(ULTRA_VENV)/.stamp-install
+
+.PHONY: venv-ultralytics
+venv-ultralytics: $(ULTRA_STAMP)
+test: $(ULTRA_STAMP)
+
+$(ULTRA_STAMP): pyproject.toml
+	test -x $(ULTRA_VENV)/bin/python || $(PY) -m venv $(ULTRA_VENV)
+	$(ULTRA_VENV)/bin/pip install -q --upgrade pip
+	$(ULTRA_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(ULTRA_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 ultralytics==8.4.190 -e .
+	touch $@

@@ -1,0 +1,105 @@
+"""What the framework adapters share: starting a run (or taking the caller's), updating a run's config
+after it started, and flattening configs.
+
+Nothing here imports a framework.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from losswatch.client import wire
+from losswatch.client.errors import LosswatchWarning
+from losswatch.client.run import Run, _jsonable, init
+from losswatch.client.transport import HTTPTransport
+
+log = logging.getLogger("losswatch")
+
+
+def start_run(run: Run | None, config: Any = None, **init_kwargs: Any) -> Run:
+    """The caller's run if given, else ``losswatch.init(config=config, **init_kwargs)``."""
+    if run is not None:
+        return run
+    return init(config=config, **init_kwargs)
+
+
+def update_run(run: Run, token: str | None = None, timeout: float = 10.0, **fields: Any) -> bool:
+    """PATCH ``fields`` (config, tags, name, notes) of a run that has already started.
+
+    The client has no way to change a run after ``init()`` yet, so this makes the two requests
+    itself, once (not per step): an idempotent create (the sender may not have created the run yet)
+    and the update. A failure warns and returns False; training goes on.
+    """
+    if not run.enabled:
+        return True
+    token = token or os.environ.get("LOSSWATCH_TOKEN") or None
+    transport = HTTPTransport(run.url, token, timeout=timeout)
+    body = {k: _jsonable(v) for k, v in fields.items()}
+    try:
+        status, _, data = transport.request(
+            "POST", f"/api/v1/projects/{run.project}/runs", wire.dumps({"id": run.id})
+        )
+        if status < 300:
+            status, _, data = transport.request("PATCH", f"/api/v1/runs/{run.id}", wire.dumps(body))
+        if status >= 300:
+            raise RuntimeError(f"HTTP {status}: {data[:300].decode(errors='replace')}")
+        return True
+    except Exception as exc:  # noqa: BLE001 - a boundary: report and keep training
+        warnings.warn(f"losswatch: could not update run {run.id} ({', '.join(fields)}): {exc}",
+                      LosswatchWarning, stacklevel=3)
+        return False
+    finally:
+        transport.close()
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for frameworks whose hyperparameters are flat)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name, sep))
+        else:
+            out[name] = value
+    return out
+
+
+def plain_config(obj: Any) -> dict[str, Any]:
+    """A framework's config object (dict, Namespace, dataclass, object with ``__dict__``) as JSON data."""
+    if obj is None:
+        return {}
+    if not isinstance(obj, Mapping):
+        to_dict = getattr(obj, "to_dict", None)
+        if callable(to_dict):
+            obj = to_dict()
+        elif hasattr(obj, "__dict__") and not hasattr(obj, "__dataclass_fields__"):
+            obj = {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+    data = _jsonable(obj)
+    if not isinstance(data, dict):
+        return {"value": data}
+    json.dumps(data)  # _jsonable guarantees this; fail here rather than in the sender
+    return data
+
+
+def is_number(value: Any) -> bool:
+    """True for what ``run.log`` can take: a real number (not bool), a numpy scalar or a
+    one-element tensor. Strings, lists and multi-element tensors are not numbers."""
+    if isinstance(value, bool) or value is None:
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    numel = getattr(value, "numel", None)
+    if callable(numel):  # torch.Tensor
+        try:
+            return int(numel()) == 1 and not value.is_complex()
+        except Exception:  # noqa: BLE001
+            return False
+    size = getattr(value, "size", None)
+    if isinstance(size, int) and hasattr(value, "dtype"):  # numpy scalar / array
+        return size == 1 and getattr(value.dtype, "kind", "") in "biuf"
+    return False

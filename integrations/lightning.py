@@ -1,0 +1,240 @@
+"""PyTorch Lightning: a ``Logger`` and a per-batch ``Callback``.
+
+::
+
+    import lightning as L
+    from losswatch.integrations.lightning import LosswatchCallback, LosswatchLogger
+
+    logger = LosswatchLogger(project="detector", name="lr-3e-4")
+    trainer = L.Trainer(logger=logger, callbacks=[LosswatchCallback()], max_epochs=10)
+    trainer.fit(model, datamodule=dm)
+
+- :class:`LosswatchLogger` receives what Lightning logs (``self.log(...)`` in the module, at Lightning's
+  ``log_every_n_steps``, and every validation epoch) and the module's hyperparameters
+  (``save_hyperparameters()``) as the run's config.
+- :class:`LosswatchCallback` logs **every** training batch: the loss the ``training_step`` returned
+  (``train/loss``, detached on its device, no sync) and each optimizer param group's learning rate
+  (``lr``, or ``lr/pg0``, ``lr/pg1``... ``lr/opt1/pg0`` with several optimizers), at step
+  ``trainer.fit_loop.total_batch_idx`` (the batch index across epochs). Without gradient accumulation
+  that equals the step Lightning gives the logger, so a ``self.log("train/loss", ...)`` of the same
+  value lands on the same point. When an alert whose rule is in the run's ``stop_on`` fires, it sets
+  ``trainer.should_stop = True`` and Lightning ends the fit cleanly after that batch.
+
+Lightning is imported here, so import this module only where Lightning is installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from argparse import Namespace
+from collections.abc import Mapping
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from losswatch.client.run import Run
+from losswatch.integrations._common import is_number, plain_config, start_run, update_run
+
+__all__ = ["LosswatchLogger", "LosswatchCallback"]
+
+log = logging.getLogger("losswatch")
+
+# Keys Lightning users give validation / test metrics: logged as evaluation metrics (kind "metric"
+# unless the name says loss).
+_EVAL_KEY = re.compile(r"^(val|valid|validation|test|eval)[_/.]", re.IGNORECASE)
+_FINAL_STATUS = {"success": "finished", "finished": "finished", "failed": "failed", "aborted": "stopped",
+                 "interrupted": "stopped"}
+
+
+class LosswatchLogger(Logger):
+    """A Lightning logger that sends to losswatch.
+
+    Args: ``project``, ``name`` (the run's name), ``config`` (merged with the hyperparameters
+    Lightning reports), ``tags``, ``token``, ``run`` (an existing :class:`~losswatch.Run`; the logger
+    then neither starts nor finishes it) and any other argument of :func:`losswatch.init`
+    (``stop_on=("divergence",)``, ``url=...``). The run starts on first use, on rank zero only.
+    """
+
+    def __init__(
+        self,
+        project: str | None = None,
+        name: str | None = None,
+        *,
+        config: Mapping[str, Any] | None = None,
+        tags: list[str] | None = None,
+        token: str | None = None,
+        run: Run | None = None,
+        **init_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self._project = project
+        self._name = name
+        self._config: dict[str, Any] = plain_config(config)
+        self._tags = tags
+        self._token = token
+        self._run = run
+        self._own_run = run is None
+        self._init_kwargs = init_kwargs
+        self._finalized = False
+
+    # ---- Lightning's Logger interface -----------------------------------------------------------
+
+    @property
+    def name(self) -> str | None:
+        return self._name or self._project
+
+    @property
+    def version(self) -> str | None:
+        return self.experiment.id if rank_zero_only.rank == 0 else None
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Run:
+        """The losswatch :class:`~losswatch.Run` (started here on first use)."""
+        if self._run is None:
+            self._run = start_run(
+                None, config=self._config or None, project=self._project, name=self._name, tags=self._tags,
+                token=self._token, **self._init_kwargs,
+            )  # fmt: skip
+        return self._run
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace | None, *args: Any, **kwargs: Any) -> None:
+        if params is None:
+            return
+        if isinstance(params, Namespace):
+            params = vars(params)
+        new = plain_config(params)
+        if not new:
+            return
+        self._config.update(new)
+        if self._run is None:  # not started yet: the config goes with the run's creation
+            self.experiment  # noqa: B018 - starts the run
+        else:
+            update_run(self._run, token=self._token, config=self._config)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        run = self.experiment
+        train: dict[str, Any] = {}
+        evals: dict[str, Any] = {}
+        for key, value in metrics.items():
+            if not is_number(value):
+                continue
+            (evals if _EVAL_KEY.match(key) else train)[key] = value
+        if step is None:
+            step = max(getattr(run, "_step", 1) - 1, 0)
+        if train:
+            run.log(train, step=step)
+        if evals:
+            run.log_eval(evals, step=step)
+
+    def save(self) -> None:
+        """Lightning calls this after every ``log_metrics``: nothing to do (the client sends in the
+        background)."""
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._finalized or self._run is None:
+            return
+        self._finalized = True
+        if not self._own_run:
+            self._run.flush()
+            return
+        final = _FINAL_STATUS.get(status, "finished")
+        if final == "finished" and self._run.should_stop:
+            final = "stopped"  # ended early by a losswatch alert
+        self._run.finish(final)
+
+
+class LosswatchCallback(Callback):
+    """Logs every training batch's loss and learning rates; stops the fit on a ``stop_on`` alert.
+
+    ``target`` is a :class:`LosswatchLogger` or a :class:`~losswatch.Run`; by default the first
+    :class:`LosswatchLogger` of the trainer. ``key`` names the loss series. ``log_lr=False`` leaves
+    out the learning rates. In a multi-process job the stop decision is shared across ranks every
+    ``stop_check_every`` batches (one small all-reduce), as Lightning's ``EarlyStopping`` does.
+    """
+
+    def __init__(
+        self,
+        target: LosswatchLogger | Run | None = None,
+        *,
+        key: str = "train/loss",
+        log_lr: bool = True,
+        stop_check_every: int = 20,
+    ) -> None:
+        super().__init__()
+        self._target = target
+        self.key = key
+        self.log_lr = log_lr
+        self.stop_check_every = max(1, stop_check_every)
+        self._run: Run | None = None
+        self._batches = 0
+        self._stopped = False
+
+    def _find_run(self, trainer: Any) -> Run | None:
+        if isinstance(self._target, Run):
+            return self._target
+        logger = self._target
+        if logger is None:
+            logger = next((lg for lg in trainer.loggers if isinstance(lg, LosswatchLogger)), None)
+        if logger is None:
+            raise RuntimeError(
+                "LosswatchCallback found no LosswatchLogger among the trainer's loggers: pass "
+                "L.Trainer(logger=LosswatchLogger(...)) or LosswatchCallback(run) with a losswatch Run"
+            )
+        run = logger.experiment
+        return run if isinstance(run, Run) else None  # a _DummyExperiment on other ranks
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._run = self._find_run(trainer)
+        self._batches = 0
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        run = self._run
+        self._batches += 1
+        if run is not None:
+            self._log_batch(trainer, run, outputs)
+        self._check_stop(trainer, run)
+
+    def _log_batch(self, trainer: Any, run: Run, outputs: Any) -> None:
+        values: dict[str, Any] = {}
+        kinds: dict[str, str] = {}
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if loss is not None and is_number(loss):
+            values[self.key] = loss.detach() if hasattr(loss, "detach") else loss
+            kinds[self.key] = "loss"
+        if self.log_lr:
+            optimizers = trainer.optimizers
+            for i, opt in enumerate(optimizers):
+                groups = opt.param_groups
+                for j, group in enumerate(groups):
+                    if len(optimizers) > 1:
+                        lr_key = f"lr/opt{i}/pg{j}"
+                    else:
+                        lr_key = "lr" if len(groups) == 1 else f"lr/pg{j}"
+                    lr = group.get("lr")
+                    if lr is not None:
+                        values[lr_key] = lr.detach() if hasattr(lr, "detach") else lr
+                        kinds[lr_key] = "lr"
+        if values:
+            run.log(values, step=trainer.fit_loop.total_batch_idx, kinds=kinds)
+
+    def _check_stop(self, trainer: Any, run: Run | None) -> None:
+        wants = run is not None and run.should_stop  # other ranks have no run: they follow rank zero
+        if trainer.world_size > 1:
+            if self._batches % self.stop_check_every:
+                return
+            stop = bool(trainer.strategy.reduce_boolean_decision(wants, all=False))
+        else:
+            stop = wants
+        if stop and not self._stopped:
+            self._stopped = True
+            trainer.should_stop = True
+            alerts = run.alerts if run is not None else []
+            reason = ", ".join(f"{a.get('rule')} on {a.get('series')}" for a in alerts) or "an alert on rank zero"
+            log.warning("losswatch: stopping the fit after batch %d: %s", trainer.fit_loop.total_batch_idx, reason)

@@ -1,0 +1,156 @@
+"""PyTorch Lightning, for real: a tiny regression model trains on CPU with `LosswatchLogger` and
+`LosswatchCallback` against a real `losswatch serve`; the server must hold every batch's loss exactly
+as the training_step computed it, every learning rate, what Lightning gave its loggers (compared with
+a recording logger beside ours) and the hyperparameters as the run's config. A NaN loss with
+stop_on=("non_finite",) must end the fit early and cleanly."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+L = pytest.importorskip("lightning")
+import torch  # noqa: E402
+from lightning.pytorch.loggers.logger import Logger  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from losswatch.integrations.lightning import LosswatchCallback, LosswatchLogger  # noqa: E402
+from tests.integrations.conftest import read_run, read_series  # noqa: E402
+
+pytestmark = [
+    # Lightning's advice for real jobs (num_workers, small log_every_n_steps) is no error for a test
+    pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning"),
+    # Lightning 2.6 still uses torch's LeafSpec, which torch 2.13 deprecates
+    pytest.mark.filterwarnings("ignore:.*treespec, LeafSpec.* is deprecated:FutureWarning"),
+]
+
+
+class Tiny(L.LightningModule):
+    def __init__(self, lr: float = 0.05, nan_from: int | None = None, hidden: int = 8) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
+        self.losses: list[float] = []  # what training_step computed, read by the test (a sync is fine here)
+        self.run_for_flush: Any = None
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        n = len(self.losses)
+        if self.hparams.nan_from is not None and n >= self.hparams.nan_from:
+            loss = loss * float("nan")
+            if self.run_for_flush is not None:  # let the server's answer (the alert) come back now
+                self.run_for_flush.flush(timeout=10)
+        self.losses.append(loss.item())
+        self.log("train/loss", loss, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val/loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+        return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)]
+
+
+class Recorder(Logger):
+    """What Lightning hands its loggers, kept in memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: list[tuple[int | None, dict[str, float]]] = []
+        self.hparams: dict[str, Any] = {}
+
+    name = "recorder"  # type: ignore[assignment]
+    version = "0"  # type: ignore[assignment]
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        self.hparams.update(params)
+
+
+def _data(n: int = 64, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = x.sum(dim=1, keepdim=True) + 0.1 * torch.randn(n, 1, generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def _trainer(tmp_path: Path, loggers: list[Logger], **kw: Any) -> Any:
+    return L.Trainer(
+        max_epochs=kw.pop("max_epochs", 3), accelerator="cpu", devices=1, logger=loggers,
+        callbacks=[LosswatchCallback()], log_every_n_steps=kw.pop("log_every_n_steps", 3),
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path, **kw,
+    )  # fmt: skip
+
+
+def test_every_batch_and_what_lightning_logs_reach_the_server(server: Any, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Tiny()
+    recorder = Recorder()
+    logger = LosswatchLogger(project="lit", name="tiny", url=server.url, config={"data": "synthetic"},
+                             flush_interval=0.2)
+    trainer = _trainer(tmp_path, [logger, recorder])
+    trainer.fit(model, _data(), _data(32, seed=1))
+
+    run = read_run(server.url, logger.version)
+    assert run["project"] == "lit" and run["name"] == "tiny" and run["status"] == "finished"
+    assert logger.experiment.id == run["id"] and logger.name == "tiny"
+    # hyperparameters (save_hyperparameters) merged into the config given to the logger
+    assert run["config"] == {"data": "synthetic", "lr": 0.05, "nan_from": None, "hidden": 8}
+
+    # every batch's loss, as training_step computed it (float32 -> float64), at the batch index
+    batches = 3 * 8
+    assert len(model.losses) == batches
+    assert read_series(server.url, run["id"], "train/loss") == dict(enumerate(model.losses))
+    assert run["summary"]["train/loss"]["kind"] == "loss"
+    # the learning rate at every batch (StepLR steps once per epoch)
+    lr = read_series(server.url, run["id"], "lr")
+    assert len(lr) == batches and lr[0] == 0.05 and run["summary"]["lr"]["kind"] == "lr"
+
+    # what Lightning gave its loggers, logged at Lightning's steps; the callback's points at the same
+    # steps carry the same values (no accumulation: batch index == Lightning's logging step)
+    val_expected: dict[int, float] = {}
+    epoch_expected: dict[int, float] = {}
+    for step, metrics in recorder.metrics:
+        assert step is not None
+        if "val/loss" in metrics:
+            val_expected[step] = metrics["val/loss"]
+        epoch_expected[step] = metrics["epoch"]
+        if "train/loss" in metrics:
+            assert math.isclose(model.losses[step], metrics["train/loss"], rel_tol=1e-7)
+    assert len(val_expected) == 3
+    assert read_series(server.url, run["id"], "val/loss") == val_expected
+    assert read_series(server.url, run["id"], "epoch") == epoch_expected
+    assert run["summary"]["val/loss"]["kind"] in ("loss", "loss_component")
+
+
+def test_a_non_finite_loss_alert_stops_the_fit(server: Any, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Tiny(nan_from=5)
+    logger = LosswatchLogger(project="lit", url=server.url, stop_on=("non_finite",), flush_interval=0.2)
+    model.run_for_flush = logger.experiment
+    trainer = _trainer(tmp_path, [logger], max_epochs=50)
+    trainer.fit(model, _data())
+
+    # batch 5 is NaN, sent (flush) during batch 6; the alert is back before batch 6 ends
+    assert len(model.losses) == 7 and trainer.global_step == 7
+    run = read_run(server.url, logger.version)
+    assert run["status"] == "stopped"
+    loss = read_series(server.url, run["id"], "train/loss")
+    assert sorted(loss) == list(range(7))
+    assert all(math.isfinite(loss[i]) for i in range(5)) and math.isnan(loss[5]) and math.isnan(loss[6])
+    assert run["summary"]["train/loss"]["nonfinite"] == 2
+
+
+def test_the_callback_without_a_losswatch_logger_says_what_to_do(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, [Recorder()], max_epochs=1)
+    with pytest.raises(RuntimeError, match="LosswatchLogger"):
+        trainer.fit(Tiny(), _data(16))
