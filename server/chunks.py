@@ -214,3 +214,60 @@ def chunk_numbers(steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     nos = steps >> CHUNK_SHIFT
     starts = np.concatenate(([0], np.flatnonzero(nos[1:] != nos[:-1]) + 1)) if nos.shape[0] else np.empty(0, np.int64)
     return nos[starts], starts
+
+
+def append(chunk_no: int, prev: dict[str, object], new: Points) -> EncodedChunk | None:
+    """Encode ``prev`` (a stored chunk's columns) with ``new`` points after its last step, without
+    decoding the stored arrays: the bytes are extended and only the last roll-up record is merged.
+    Returns None when ``new`` is not a pure append (an overwrite) or the walls need re-encoding;
+    the caller then merges the slow way."""
+    roll_old = np.frombuffer(prev["rollup"], ROLLUP_DTYPE)  # type: ignore[call-overload]
+    base = chunk_no << CHUNK_SHIFT
+    offsets = (new.steps - base).astype(np.int64)
+    if roll_old.shape[0] == 0 or offsets[0] <= int(roll_old[-1]["last"]):
+        return None
+    walls_blob: bytes = prev["walls"]  # type: ignore[assignment]
+    if walls_blob[0] != _WALL_DELTA32:
+        return None
+    deltas = np.diff(new.walls, prepend=np.int64(roll_old[-1]["lastwall"]))
+    if deltas.min() < -(2**31) or deltas.max() >= 2**31:
+        return None
+    count = int(prev["count"]) + len(new)  # type: ignore[call-overload]
+    steps_blob: bytes = prev["steps"]  # type: ignore[assignment]
+    if len(steps_blob) == _BITMAP_BYTES or count * 2 >= _BITMAP_BYTES:
+        bits = np.zeros(CHUNK_STEPS, np.uint8)
+        if len(steps_blob) == _BITMAP_BYTES:
+            bits[:] = np.unpackbits(np.frombuffer(steps_blob, np.uint8))
+        else:
+            bits[np.frombuffer(steps_blob, "<u2")] = 1
+        bits[offsets] = 1
+        steps_blob = np.packbits(bits).tobytes()
+    else:
+        steps_blob = steps_blob + offsets.astype("<u2").tobytes()
+    roll_new = rollup(new)
+    old_last = roll_old[-1]
+    if int(roll_new[0]["first"]) >> ROLLUP_SHIFT == int(old_last["first"]) >> ROLLUP_SHIFT:
+        head = roll_new[:1].copy()
+        head["first"] = old_last["first"]
+        head["count"] = int(old_last["count"]) + int(head["count"][0])
+        head["nonfinite"] = int(old_last["nonfinite"]) + int(head["nonfinite"][0])
+        head["min"] = np.fmin(old_last["min"], head["min"])
+        head["max"] = np.fmax(old_last["max"], head["max"])
+        roll_blob = roll_old[:-1].tobytes() + head.tobytes() + roll_new[1:].tobytes()
+    else:
+        roll_blob = prev["rollup"] + roll_new.tobytes()  # type: ignore[operator]
+    finite = new.values[np.isfinite(new.values)]
+    lo, hi = prev["min_value"], prev["max_value"]
+    if finite.shape[0]:
+        lo = float(finite.min()) if lo is None else min(lo, float(finite.min()))  # type: ignore[call-overload]
+        hi = float(finite.max()) if hi is None else max(hi, float(finite.max()))  # type: ignore[call-overload]
+    return EncodedChunk(
+        count=count,
+        nonfinite=int(prev["nonfinite"]) + len(new) - int(finite.shape[0]),  # type: ignore[call-overload]
+        min_value=lo,  # type: ignore[arg-type]
+        max_value=hi,  # type: ignore[arg-type]
+        rollup=roll_blob,
+        steps=steps_blob,
+        walls=walls_blob + deltas.astype("<i4").tobytes(),
+        values=prev["values"] + new.values.astype("<f8").tobytes(),  # type: ignore[operator]
+    )

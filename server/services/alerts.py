@@ -3,12 +3,14 @@ in the caller's transaction; list them; read and write the rule configuration.""
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from losswatch.client import wire
@@ -16,7 +18,7 @@ from losswatch.server.detectors import Finding, RuleConfig
 from losswatch.server.errors import InvalidRequest
 from losswatch.server.models import Alert, Channel, Outbox, Project, Run
 from losswatch.server.services.projects import now
-from losswatch.server.services.runs import utc
+from losswatch.server.services.runs import TouchedRun, utc
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
@@ -142,7 +144,10 @@ def event_payload(run: RunContext, alert: Alert, event: str) -> dict[str, Any]:
 
 def active_alerts(session: Session, run_id: str, also: list[Alert] = ()) -> list[dict[str, Any]]:  # type: ignore[assignment]
     """The run's firing alerts, and ``also`` (alerts just changed, resolved ones included)."""
-    rows = {a.id: a for a in session.scalars(select(Alert).where(Alert.run_id == run_id, Alert.status == "firing"))}
+    firing = list(session.scalars(_FIRING_IDS, {"rid": run_id}))  # the usual answer: none, cheaply
+    rows: dict[int, Alert] = {}
+    if firing:
+        rows = {a.id: a for a in session.scalars(select(Alert).where(Alert.id.in_(firing)))}
     rows.update((a.id, a) for a in also)
     return [alert_to_dict(rows[i]) for i in sorted(rows)]
 
@@ -174,17 +179,28 @@ def check_rule_config(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def run_context(session: Session, run_id: str, public_url: str | None = None) -> tuple[RunContext, Run]:
+_PROJECTS = Project.__table__
+_PROJECT_CONFIG = select(_PROJECTS.c.name, _PROJECTS.c.alert_config).where(_PROJECTS.c.id == bindparam("pid"))
+_ALERTS = Alert.__table__
+_FIRING_IDS = select(_ALERTS.c.id).where(_ALERTS.c.run_id == bindparam("rid"), _ALERTS.c.status == "firing")
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve(project_json: str, run_json: str) -> RuleConfig:
     from losswatch.server.detectors import resolve_config
 
-    run, project = session.execute(
-        select(Run, Project).join(Project, Project.id == Run.project_id).where(Run.id == run_id)
-    ).one()
+    project, run = json.loads(project_json), json.loads(run_json)
     try:  # the run's config may carry {"silenced": [...]}
-        config = resolve_config(project.alert_config, run.alert_config)
-    except ValueError:  # stored before a rule changed: fall back to the project's and defaults
-        config = resolve_config(project.alert_config, None)
-    return RunContext(run.id, run.name, project.id, project.name, config, public_url), run
+        return resolve_config(project, run)
+    except ValueError:  # stored before a rule changed: fall back to the project's and the defaults
+        return resolve_config(project, None)
+
+
+def run_context(session: Session, run: TouchedRun, public_url: str | None = None) -> RunContext:
+    """The run's alerting context: its project, and its rule configuration resolved (cached)."""
+    name, project_config = session.execute(_PROJECT_CONFIG, {"pid": run.project_id}).one()
+    config = _resolve(json.dumps(project_config, sort_keys=True), json.dumps(run.alert_config, sort_keys=True))
+    return RunContext(run.id, run.name, run.project_id, name, config, public_url)
 
 
 def stamp(dt: datetime) -> float:

@@ -8,7 +8,7 @@ from typing import Any
 from losswatch.server.db import Database
 from losswatch.server.schemas import HeartbeatResult
 from losswatch.server.services import alerts, monitor, points
-from losswatch.server.services.runs import touch_run
+from losswatch.server.services.runs import save_monitor_state, touch_run
 
 
 def ingest(db: Database, run_id: str, body: bytes) -> dict[str, Any]:
@@ -16,9 +16,14 @@ def ingest(db: Database, run_id: str, body: bytes) -> dict[str, Any]:
     changed (a NaN that fired and resolved within one batch still reaches the training script)."""
     batch = points.parse_batch(body)  # outside the write lock: parsing needs no database
     with db.write() as session:
-        accepted, _series = points.record_points(session, run_id, batch)
-        ctx, run = alerts.run_context(session, run_id, db.settings.public_url)
-        changed = alerts.apply_findings(session, ctx, monitor.evaluate_batch(session, ctx, run, batch))
+        run = touch_run(session, run_id)
+        series = points.load_series(session, run_id, batch)
+        accepted = points.record_points(session, batch, series)
+        ctx = alerts.run_context(session, run, db.settings.public_url)
+        findings = monitor.evaluate_batch(ctx, run, batch, series)
+        points.save_series(session, series)
+        save_monitor_state(session, run_id, run.monitor_state or {})
+        changed = alerts.apply_findings(session, ctx, findings)
         active = alerts.active_alerts(session, run_id, also=changed)
     if changed:
         db.wake_delivery()
@@ -27,10 +32,12 @@ def ingest(db: Database, run_id: str, body: bytes) -> dict[str, Any]:
 
 def heartbeat(db: Database, run_id: str) -> HeartbeatResult:
     with db.write() as session:
-        status = touch_run(session, run_id)
-        ctx, run = alerts.run_context(session, run_id, db.settings.public_url)
-        changed = alerts.apply_findings(session, ctx, monitor.arrive(ctx, run, None))
+        run = touch_run(session, run_id)
+        ctx = alerts.run_context(session, run, db.settings.public_url)
+        findings = monitor.arrive(ctx, run, None)
+        save_monitor_state(session, run_id, run.monitor_state or {})
+        changed = alerts.apply_findings(session, ctx, findings)
         active = alerts.active_alerts(session, run_id, also=changed)
     if changed:
         db.wake_delivery()
-    return HeartbeatResult(status=status, alerts=active)  # type: ignore[arg-type]
+    return HeartbeatResult(status=run.status, alerts=active)  # type: ignore[arg-type]

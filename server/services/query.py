@@ -69,10 +69,11 @@ def _from_rollups(session: Session, run_id: str, s: Series, lo: int, hi: int, wi
     ).all()
     if not rows:
         return _empty(run_id, s, width)
-    parts = [np.frombuffer(r.rollup, chunks.ROLLUP_DTYPE) for r in rows]
-    base = np.repeat(np.array([r.chunk_no << chunks.CHUNK_SHIFT for r in rows], np.int64),
-                     [p.shape[0] for p in parts])
-    roll = np.concatenate(parts)
+    # One buffer for all roll-ups: concatenating many small structured arrays is slow in numpy.
+    size = chunks.ROLLUP_DTYPE.itemsize
+    roll = np.frombuffer(b"".join([r[1] for r in rows]), chunks.ROLLUP_DTYPE)
+    base = np.repeat(np.array([r[0] for r in rows], np.int64) << chunks.CHUNK_SHIFT,
+                     [len(r[1]) // size for r in rows])
     first = roll["first"].astype(np.int64) + base
     last = roll["last"].astype(np.int64) + base
     keep = (first >= lo) & (first <= hi)  # lo/hi are bucket-aligned, so sub-buckets fit whole

@@ -6,10 +6,11 @@ import json
 import math
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from losswatch.server.errors import InvalidRequest, run_not_found
@@ -126,20 +127,44 @@ def finish_run(session: Session, run_id: str, status: str) -> RunRead:
     return read_run(session, run_id)
 
 
-def touch_run(session: Session, run_id: str) -> str:
+@dataclass
+class TouchedRun:
+    """What ingest needs of a run, read back by the statement that locked it."""
+
+    id: str
+    status: str
+    name: str
+    project_id: int
+    alert_config: dict[str, Any] | None
+    monitor_state: dict[str, Any] | None
+
+
+_RUNS = Run.__table__
+
+
+_TOUCH = (
+    update(_RUNS).where(_RUNS.c.id == bindparam("rid")).values(heartbeat_at=bindparam("t"))
+    .returning(_RUNS.c.status, _RUNS.c.name, _RUNS.c.project_id, _RUNS.c.alert_config, _RUNS.c.monitor_state)
+)
+_SAVE_MONITOR = update(_RUNS).where(_RUNS.c.id == bindparam("rid")).values(monitor_state=bindparam("state"))
+
+
+def touch_run(session: Session, run_id: str) -> TouchedRun:
     """Record that the client is alive; the first write of an ingest transaction, so it also takes
     the run's row lock (PostgreSQL) or the write lock (SQLite) before anything is read.
-    A crashed run that sends again is running again. Returns the run's status."""
-    t = now()
-    status = session.execute(
-        update(Run).where(Run.id == run_id).values(heartbeat_at=t).returning(Run.status)
-    ).scalar()
-    if status is None:
+    A crashed run that sends again is running again."""
+    row = session.execute(_TOUCH, {"rid": run_id, "t": now()}).first()
+    if row is None:
         raise run_not_found(run_id)
-    if status == "crashed":
-        session.execute(update(Run).where(Run.id == run_id).values(status="running", ended_at=None))
-        status = "running"
-    return status
+    touched = TouchedRun(run_id, *row)
+    if touched.status == "crashed":
+        session.execute(update(_RUNS).where(_RUNS.c.id == run_id).values(status="running", ended_at=None))
+        touched.status = "running"
+    return touched
+
+
+def save_monitor_state(session: Session, run_id: str, state: dict[str, Any]) -> None:
+    session.execute(_SAVE_MONITOR, {"rid": run_id, "state": state})
 
 
 # --- listing ---------------------------------------------------------------------------------
