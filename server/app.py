@@ -167,7 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(projects.router)
     app.include_router(runs.router)
     app.include_router(query.router)
-    for optional in ("alerts", "mlflow"):  # routers that arrive with their own modules
+    for optional in ("alerts", "admin", "mlflow"):  # routers that arrive with their own modules
         try:
             module = importlib.import_module(f"losswatch.server.api.{optional}")
         except ModuleNotFoundError as exc:
