@@ -108,7 +108,8 @@ class Collector(threading.Thread):
                 self._cut()
             if now >= deadline:
                 deadline = now + self.flush_interval
-            run._mark = -1 if self._notices.pending else run._n_out + self.wake_points
+            pending = self._notices.pending or run._stop_due() is not None
+            run._mark = -1 if pending else run._n_out + self.wake_points
             for cut in requests:
                 cut.seq = self._sender.seq
                 cut.set()

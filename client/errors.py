@@ -11,6 +11,11 @@ By default the client never raises these in the training loop: it warns once wit
 With ``losswatch.init(..., strict=True)`` the same problems are raised instead, from the next
 ``run.log()``, ``run.log_eval()`` or ``run.finish()`` call on the training thread.
 
+Apart from the tree, :class:`StopTraining` is raised on purpose: with ``losswatch.init(stop_on=...,
+raise_on_stop=True)`` it ends the training loop at the next ``run.log()`` after an alert whose rule
+is in ``stop_on`` came back from the server (it is not a ``LosswatchError``: nothing went wrong
+with losswatch).
+
 Arguments that are wrong in themselves (an unknown series kind, a malformed run id) raise
 ``ValueError`` at once, as any Python function would.
 """
@@ -50,3 +55,27 @@ class ServerError(LosswatchError):
 
 class LosswatchWarning(UserWarning):
     """A delivery problem the client handled without stopping training (each kind is warned once)."""
+
+
+class StopTraining(Exception):
+    """Raised by ``run.log()``/``run.log_eval()`` once an alert whose rule is in ``stop_on`` arrived
+    (only with ``raise_on_stop=True``; otherwise ``run.should_stop`` is the signal).
+
+    ``alert`` is the alert (a dict as the server sent it: ``rule``, ``series``, ``onset_step``,
+    ``message``...) and ``run_id`` the run. Raised once per run. Leaving a ``with losswatch.init(...)``
+    block, it is swallowed and the run is marked ``stopped``; uncaught elsewhere, the run is marked
+    ``stopped`` at exit.
+    """
+
+    def __init__(self, alert: dict[str, Any], run_id: str = "") -> None:
+        self.alert = alert
+        self.run_id = run_id
+        rule = alert.get("rule") or alert.get("kind") or "?"
+        where = alert.get("series") or alert.get("key") or "the run"
+        step = alert.get("onset_step", alert.get("step"))
+        text = str(alert.get("message") or f"{rule} on {where}")
+        super().__init__(
+            f"losswatch: stopping training of run {run_id}: {rule} alert on {where}"
+            + (f" at step {step}" if step is not None else "")
+            + f" ({text})"
+        )

@@ -26,7 +26,7 @@ from typing import Any
 
 from losswatch.client import delivery, spool, wire
 from losswatch.client.batching import Collector
-from losswatch.client.errors import LosswatchError, LosswatchWarning
+from losswatch.client.errors import LosswatchError, LosswatchWarning, StopTraining
 from losswatch.client.sender import Notices, Sender
 from losswatch.client.transport import DEFAULT_URL, HTTPTransport, Transport
 
@@ -36,7 +36,9 @@ _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RUN_STATUSES = ("finished", "failed", "stopped", "crashed")
 _modules = sys.modules
 _now = time.time
-_uncaught = False  # set by our excepthook: the interpreter is exiting on an exception
+_exit_status: str | None = None  # set by our excepthook: the interpreter is exiting on an exception
+# the alert rules of the server (losswatch.server.detectors.RULES); stop_on names are checked against them
+ALERT_RULES = ("non_finite", "spike", "divergence", "plateau", "overfitting", "misalignment", "stalled")
 
 
 def _install_excepthook() -> None:
@@ -45,8 +47,8 @@ def _install_excepthook() -> None:
         return
 
     def hook(tp: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
-        global _uncaught
-        _uncaught = True
+        global _exit_status
+        _exit_status = "stopped" if issubclass(tp, (StopTraining, KeyboardInterrupt)) else "failed"
         previous(tp, value, tb)
 
     hook._losswatch = True  # type: ignore[attr-defined]
@@ -113,6 +115,14 @@ def _jsonable(obj: Any, depth: int = 0) -> Any:
     return str(obj)
 
 
+def _stop_rules(stop_on: Iterable[str] | str | None) -> frozenset[str]:
+    rules = frozenset([stop_on] if isinstance(stop_on, str) else (stop_on or ()))
+    unknown = sorted(r for r in rules if r not in ALERT_RULES)
+    if unknown:
+        raise ValueError(f"losswatch: unknown rule(s) in stop_on: {unknown}; known: {ALERT_RULES}")
+    return rules
+
+
 def _alert_key(alert: dict[str, Any]) -> Any:
     if alert.get("id") is not None:
         return ("id", str(alert["id"]))
@@ -145,6 +155,7 @@ class Run:
         rank: int,
         on_alert: Callable[[dict[str, Any]], Any] | None,
         stop_on: Iterable[str],
+        raise_on_stop: bool,
         heartbeat_interval: float,
         finish_timeout: float,
         retry_min: float,
@@ -175,7 +186,10 @@ class Run:
         self._finish_timeout = finish_timeout
         self._on_alert = on_alert
         self._stop_on = frozenset(stop_on)
-        self._seen_alerts: set[Any] = set()
+        self._raise_on_stop = raise_on_stop
+        self.stop_alert: dict[str, Any] | None = None  # the alert that set should_stop
+        self._stop_raised = False
+        self._seen_alerts: dict[Any, str] = {}  # alert -> the status last seen
         self._wake = threading.Event()
         self._notices = Notices()
         if not enabled:
@@ -274,8 +288,19 @@ class Run:
             self._backpressure()
         else:
             self._dropping = False
+        stop = self._stop_due()
+        if stop is not None:
+            self._stop_raised = True
         if self._mark < 0 and not self._notices.pending:
             self._mark = self._n_out + self._collector.wake_points
+        if stop is not None:
+            raise StopTraining(stop, self.id)
+
+    def _stop_due(self) -> dict[str, Any] | None:
+        """The alert to raise StopTraining for at this log() call (raise_on_stop, once)."""
+        if self._raise_on_stop and not self._stop_raised:
+            return self.stop_alert
+        return None
 
     def _backpressure(self) -> None:
         """The collector does not keep up: wait until it has drained half the queue (a burst), at
@@ -323,19 +348,29 @@ class Run:
             self._kinds[key] = kind
 
     def _on_answer(self, data: Any) -> None:
-        """An answer of the server (sender thread): keep its active alerts, signal the new ones."""
+        """An answer of the server (sender thread): keep its firing alerts, signal the new ones.
+
+        Ingest and heartbeat answers list the run's firing alerts plus those the request changed
+        (a NaN that fired and resolved within one batch is listed once, resolved). Each alert is
+        signalled when first seen and again when it resolves; a ``stop_on`` rule stops the run even
+        if its alert was already resolved when first seen."""
         if not isinstance(data, dict) or not isinstance(data.get("alerts"), list):
             return
         alerts = [a for a in data["alerts"] if isinstance(a, dict)]
-        self.alerts = alerts
+        self.alerts = [a for a in alerts if a.get("status") != "resolved"]
         for alert in alerts:
             key = _alert_key(alert)
-            if key in self._seen_alerts:
+            status = str(alert.get("status") or "firing")
+            before = self._seen_alerts.get(key)
+            if before == status or before == "resolved":
                 continue
-            self._seen_alerts.add(key)
+            self._seen_alerts[key] = status
             rule = alert.get("rule") or alert.get("kind") or alert.get("type")
-            if rule in self._stop_on:
+            if before is None and rule in self._stop_on and not self.should_stop:
+                self.stop_alert = alert
                 self.should_stop = True
+                if self._raise_on_stop:
+                    self._mark = -1  # the next log() takes its slow path and raises StopTraining
             if self._on_alert is not None:
                 try:
                     self._on_alert(alert)
@@ -364,12 +399,15 @@ class Run:
         self._emit(stacklevel=3)
         return done
 
-    def finish(self, status: str = "finished", timeout: float | None = None) -> None:
+    def finish(self, status: str | None = None, timeout: float | None = None) -> None:
         """Send what is left, mark the run ``status`` and stop the threads.
 
+        ``status`` defaults to ``stopped`` when a ``stop_on`` alert stopped the run, else ``finished``.
         Waits up to ``timeout`` seconds (default ``finish_timeout``). When the server cannot be
         reached, what is left stays in the spool for ``losswatch sync`` and this returns at once.
         """
+        if status is None:
+            status = "stopped" if self.should_stop else "finished"
         if status not in RUN_STATUSES:
             raise ValueError(f"losswatch: status must be one of {RUN_STATUSES}, got {status!r}")
         if self._finished:
@@ -385,7 +423,7 @@ class Run:
 
     def _atexit(self) -> None:
         try:
-            self.finish("failed" if _uncaught else "finished")
+            self.finish(_exit_status)
         except Exception:  # noqa: BLE001 - at exit, nothing left to protect but the exit itself
             log.exception("losswatch: finishing run %s at exit failed", self.id)
 
@@ -394,15 +432,17 @@ class Run:
 
     def __exit__(
         self, tp: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    ) -> bool:
         if tp is None:
-            self.finish("finished")
-            return
-        status = "stopped" if issubclass(tp, KeyboardInterrupt) else "failed"
+            self.finish()
+            return False
+        ours = isinstance(exc, StopTraining) and exc.run_id == self.id
+        status = "stopped" if ours or issubclass(tp, KeyboardInterrupt) else "failed"
         try:
             self.finish(status)
         except LosswatchError:  # strict mode: do not hide the training error behind ours
             log.exception("losswatch: finishing run %s failed", self.id)
+        return ours  # our own StopTraining ends the with block cleanly: training stopped, script goes on
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -443,7 +483,9 @@ def init(
     rank_zero_only: bool = True,
     kinds: Mapping[str, str] | None = None,
     on_alert: Callable[[dict[str, Any]], Any] | None = None,
-    stop_on: Iterable[str] = (),
+    stop_on: Iterable[str] | str = (),
+    raise_on_stop: bool = False,
+    alerts: Mapping[str, Any] | None = None,
     heartbeat_interval: float = 30.0,
     finish_timeout: float = 30.0,
     retry_min: float = 0.5,
@@ -459,6 +501,11 @@ def init(
     for kind in (kinds or {}).values():
         if kind not in wire.SERIES_KINDS:
             raise ValueError(f"losswatch: unknown kind {kind!r}; one of {wire.SERIES_KINDS}")
+    stop_rules = _stop_rules(stop_on)
+    if alerts is not None and not isinstance(alerts, Mapping):
+        raise ValueError(
+            "losswatch: alerts= is a rule configuration such as {'plateau': False, 'silenced': ['stalled']}"
+        )
     rank, world = _rank()
     run_id = id or os.environ.get("LOSSWATCH_RUN_ID") or uuid.uuid4().hex
     if not rank_zero_only and not (id or os.environ.get("LOSSWATCH_RUN_ID")):
@@ -483,6 +530,8 @@ def init(
         payload["tags"] = [str(t) for t in tags]
     if config is not None:
         payload["config"] = _jsonable(config)
+    if alerts is not None:
+        payload["alerts"] = _jsonable(alerts)
     if transport is None and enabled:
         transport = HTTPTransport(url, token)
     directory = Path(spool_dir) if spool_dir is not None else spool.default_dir()
@@ -493,7 +542,7 @@ def init(
         run_id=run_id, project=project, url=url, transport=transport, create_payload=payload,
         strict=strict, spool_path=spool_path, flush_every=flush_every, flush_interval=flush_interval,
         max_queue=max_queue, max_buffer_bytes=max_buffer_bytes, kinds=dict(kinds or {}),
-        key_suffix=key_suffix, rank=rank, on_alert=on_alert, stop_on=stop_on,
+        key_suffix=key_suffix, rank=rank, on_alert=on_alert, stop_on=stop_rules, raise_on_stop=raise_on_stop,
         heartbeat_interval=heartbeat_interval, finish_timeout=finish_timeout, retry_min=retry_min,
         retry_max=retry_max, fsync=fsync, enabled=enabled,
     )  # fmt: skip

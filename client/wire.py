@@ -62,10 +62,10 @@ def decode_value(value: float | int | str) -> float:
 
 def encode_values(values: Iterable[float]) -> list[float | str]:
     """Encode a sequence of floats; fast when all of them are finite."""
-    out = list(values)
+    out: list[float | str] = list(values)
     for i, v in enumerate(out):
         if v != v or v in (math.inf, -math.inf):
-            out[i] = encode_value(v)
+            out[i] = encode_value(v)  # type: ignore[arg-type]  # a float: strings are only written here
     return out
 
 

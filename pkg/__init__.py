@@ -26,6 +26,8 @@ _PUBLIC = {
     "LosswatchError": "losswatch.client.errors",
     "TransportError": "losswatch.client.errors",
     "ServerError": "losswatch.client.errors",
+    "LosswatchWarning": "losswatch.client.errors",
+    "StopTraining": "losswatch.client.errors",
     "SummaryWriter": "losswatch.integrations.tensorboard",
 }
 

@@ -4,7 +4,11 @@
     losswatch db upgrade [--db URL]
     losswatch token create --project NAME [--scope read|write|admin] [--name LABEL] [--db URL]
     losswatch export --run ID [--key K ...] [--out FILE] [--db URL]
+    losswatch export --project NAME --out FILE[.gz] [--db URL]       (whole project, see docs/deploy.md)
+    losswatch import archive FILE [--project NEWNAME] [--db URL]
+    losswatch backup --out FILE [--db URL]                            (SQLite online backup)
     losswatch sync [DIR] [--url URL] [--token TOKEN]
+    losswatch demo [--url URL] [--project demo] [--steps N]
     losswatch import tensorboard LOGDIR | mlflow URI  [--url URL] [--token TOKEN] [--project P]
 
 Server commands need the server extra (``pip install 'losswatch[server]'``); without it they say so.
@@ -138,6 +142,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     _need_server()
+    if args.project:
+        return _export_project(args)
     from losswatch.server.db import Database
     from losswatch.server.services import points, runs
 
@@ -158,6 +164,94 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_project(args: argparse.Namespace) -> int:
+    from losswatch.server.db import Database
+    from losswatch.server.services import archive
+
+    if not args.out:
+        _die("export --project needs --out FILE (FILE.gz for gzip)")
+    settings = _settings(args)
+    db = Database(settings)
+    try:
+        with db.read() as session:
+            counts = archive.write_archive(session, args.project, args.out)
+    except Exception as exc:  # noqa: BLE001 - a CLI boundary: say what went wrong
+        _die(f"export failed: {exc}", 1)
+    finally:
+        db.dispose()
+    print(f"exported project {args.project!r} to {args.out}: {counts['runs']} runs, {counts['series']} series, "
+          f"{counts['points']} points, {counts['alerts']} alerts", file=sys.stderr)
+    return 0
+
+
+def import_archive_main(argv: Sequence[str]) -> int:
+    """``losswatch import archive FILE``: load a project archive written by ``losswatch export --project``."""
+    p = argparse.ArgumentParser(prog="losswatch import archive",
+                                description="Load a project archive (from `losswatch export --project`) "
+                                "into the database, in one transaction.")
+    p.add_argument("file", help="the archive (.jsonl or .jsonl.gz)")
+    p.add_argument("--project", help="import under this project name (default: the archive's)")
+    p.add_argument("--db", help="database URL (default: LOSSWATCH_DATABASE_URL or sqlite:///losswatch.db)")
+    args = p.parse_args(list(argv))
+    _need_server()
+    from losswatch.server.app import prepare_database
+    from losswatch.server.db import Database
+    from losswatch.server.services import archive
+
+    settings = _settings(args)
+    db = Database(settings)
+    try:
+        prepare_database(settings, db)
+        with db.write() as session:
+            counts = archive.read_archive(session, args.file, project=args.project)
+    except Exception as exc:  # noqa: BLE001
+        _die(f"import failed, nothing imported: {getattr(exc, 'message', exc)}", 1)
+    finally:
+        db.dispose()
+    print(f"imported project {counts['project']!r}: {counts['runs']} runs, {counts['series']} series, "
+          f"{counts['points']} points, {counts['alerts']} alerts", file=sys.stderr)
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """A consistent copy of a SQLite database while the server keeps writing (SQLite's online backup)."""
+    _need_server()
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    settings = _settings(args)
+    if not settings.is_sqlite:
+        _die("`losswatch backup` copies SQLite databases; for PostgreSQL use pg_dump (see docs/deploy.md)")
+    source = make_url(settings.database_url).database
+    if not source or source == ":memory:":
+        _die("the database URL names no SQLite file")
+    from pathlib import Path
+
+    if not Path(source).exists():
+        _die(f"no database file at {source}")
+    out = Path(args.out)
+    if out.exists():
+        _die(f"{out} exists already; choose a new file")
+    tmp = out.with_name(out.name + ".part")
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+    dst = sqlite3.connect(tmp)
+    try:
+        # pages=-1: one step, inside one read transaction: a consistent snapshot even while the server
+        # commits (WAL lets the writer go on); stepping in small pages would restart on every commit.
+        src.backup(dst, pages=-1)
+        ok = dst.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        dst.close()
+        src.close()
+    if ok != "ok":
+        tmp.unlink(missing_ok=True)
+        _die(f"the backup failed its integrity check: {ok}", 1)
+    tmp.rename(out)
+    print(f"backed up {source} to {out} ({out.stat().st_size} bytes)", file=sys.stderr)
+    return 0
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     from losswatch.client import sync
 
@@ -167,6 +261,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if args.token:
         argv += ["--token", args.token]
     return int(sync.main(argv) or 0)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from losswatch import demo
+
+    argv = ["--project", args.project]
+    if args.url:
+        argv += ["--url", args.url]
+    if args.steps is not None:
+        argv += ["--steps", str(args.steps)]
+    return int(demo.main(argv) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,12 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--name", default="cli")
     tc.set_defaults(func=cmd_token_create)
 
-    e = sub.add_parser("export", help="CSV of a run's series")
+    e = sub.add_parser("export", help="CSV of a run's series, or a whole project's archive")
     db_flag(e)
-    e.add_argument("--run", required=True)
-    e.add_argument("--key", action="append", help="series key (repeat; default: all)")
-    e.add_argument("--out", help="file (default: stdout)")
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="CSV of this run's series")
+    which.add_argument("--project", help="archive of the whole project (runs, series, every point, alerts, "
+                       "rule configuration); read back with `losswatch import archive FILE`")
+    e.add_argument("--key", action="append", help="series key (repeat; default: all; with --run)")
+    e.add_argument("--out", help="file (default: stdout; required with --project; .gz compresses)")
     e.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("backup", help="consistent copy of a SQLite database while the server runs")
+    db_flag(b)
+    b.add_argument("--out", required=True, help="the new file")
+    b.set_defaults(func=cmd_backup)
 
     y = sub.add_parser("sync", help="send spooled points left by a process that died")
     y.add_argument("dir", nargs="?", help="spool directory (default: ~/.losswatch/spool)")
@@ -215,7 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--token")
     y.set_defaults(func=cmd_sync)
 
-    sub.add_parser("import", help="import runs: tensorboard LOGDIR | mlflow URI (see `losswatch import --help`)")
+    dm = sub.add_parser("demo", help="train three small torch models against a running server")
+    dm.add_argument("--url", help="server URL (default: $LOSSWATCH_URL or http://127.0.0.1:8000)")
+    dm.add_argument("--project", default="demo", help="project of the three runs (default: demo)")
+    dm.add_argument("--steps", type=int, help="training steps per model (default: 1500)")
+    dm.set_defaults(func=cmd_demo)
+
+    sub.add_parser("import", help="import runs: tensorboard LOGDIR | mlflow URI | archive FILE "
+                   "(see `losswatch import --help`)")
 
     st = sub.add_parser("settings", help="list every server setting")
     st.set_defaults(func=lambda a: print(settings_help()) or 0)

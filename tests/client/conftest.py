@@ -7,9 +7,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import _shim  # noqa: E402
-
-_shim.install()
 
 from _server import FakeServer  # noqa: E402
 

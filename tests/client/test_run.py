@@ -11,7 +11,6 @@ import threading
 
 import pytest
 from _server import FakeServer
-from _shim import CHILD_PRELUDE
 
 import losswatch
 from losswatch.client.errors import LosswatchWarning
@@ -290,7 +289,7 @@ def test_tensors_of_several_elements_are_dropped_with_a_warning(server: FakeServ
 
 
 def test_import_does_not_load_heavy_modules() -> None:
-    code = CHILD_PRELUDE + (
+    code = (
         "import losswatch, losswatch.client.sync, sys\n"
         "print(sorted(m for m in ('torch', 'numpy', 'fastapi', 'sqlalchemy', 'pydantic') if m in sys.modules))\n"
     )

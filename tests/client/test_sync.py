@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from _server import FakeServer, free_port
-from _shim import CHILD_PRELUDE
 
 import losswatch
 from losswatch.client import spool
@@ -146,7 +145,7 @@ def test_sigkill_then_sync_delivers_the_spooled_points(spool_dir: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD_PRELUDE + CHILD, url, str(spool_dir)],
+        [sys.executable, "-c", CHILD, url, str(spool_dir)],
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:
