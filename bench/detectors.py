@@ -1,4 +1,5 @@
-"""Per-point cost of the detectors: ``evaluate_series`` with every default rule on a loss series.
+"""Per-point cost of the detectors (``evaluate_series`` with every default rule on a loss series), and
+the labelled detection benchmark of bench/detection_bench.py.
 
     python bench/detectors.py            # prints the dict of measure()
 """
@@ -19,7 +20,7 @@ def _series(n: int, seed: int = 0) -> list[float]:
     return [(0.4 + 2.0 * math.exp(-t / 2500)) * rng.lognormvariate(0.0, 0.3) for t in range(n)]
 
 
-def measure(points: int = 200_000, batch: int = 500, repeat: int = 3) -> dict[str, Any]:
+def measure_detector_cost(points: int = 200_000, batch: int = 500, repeat: int = 3) -> dict[str, Any]:
     """µs per point of evaluate_series on ``train/loss`` (non_finite, spike, divergence, plateau),
     fed in batches of ``batch`` points with the LR in the context, the state JSON-encoded and decoded
     between batches as the server does (reported apart). Best of ``repeat``."""
@@ -56,5 +57,13 @@ def measure(points: int = 200_000, batch: int = 500, repeat: int = 3) -> dict[st
     }
 
 
+def measure_detection(quick: bool = False) -> dict[str, Any]:
+    """The labelled benchmark (bench/detection_bench.py, rules in bench/DETECTION.md): about 5 minutes
+    with its curves cached under bench/work/detection/, plus about 4 minutes the first time (torch runs)."""
+    import detection_bench
+
+    return detection_bench.measure(quick=quick)
+
+
 if __name__ == "__main__":
-    print(json.dumps(measure(), indent=2))
+    print(json.dumps(measure_detector_cost(), indent=2))

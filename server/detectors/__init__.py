@@ -12,13 +12,30 @@ transaction that writes the points::
 and, on a clock, :func:`check_stalled` per running run (:func:`record_arrival` at each request).
 """
 
-from .base import Finding, decode_number, encode_number
-from .driver import STATE_VERSION, build_context, check_stalled, evaluate_series, record_arrival, series_level
-from .pairs import Misalignment, Overfitting, spearman
-from .pointwise import NonFinite, Spike
-from .rules import REASONS, RULES, SERIES_RULES, RuleConfig, RuleSpec, defaults, make_detector, resolve_config
-from .stalled import Stalled
-from .trend import Divergence, Plateau
+from losswatch.server.detectors.base import Finding, decode_number, encode_number
+from losswatch.server.detectors.driver import (
+    STATE_VERSION,
+    build_context,
+    check_stalled,
+    evaluate_run,
+    evaluate_series,
+    record_arrival,
+    series_level,
+)
+from losswatch.server.detectors.pairs import Misalignment, Overfitting, spearman
+from losswatch.server.detectors.pointwise import NonFinite, Spike
+from losswatch.server.detectors.rules import (
+    REASONS,
+    RULES,
+    SERIES_RULES,
+    RuleConfig,
+    RuleSpec,
+    defaults,
+    make_detector,
+    resolve_config,
+)
+from losswatch.server.detectors.stalled import Stalled
+from losswatch.server.detectors.trend import Divergence, Plateau
 
 __all__ = [
     "Finding",
@@ -38,6 +55,7 @@ __all__ = [
     "make_detector",
     "resolve_config",
     "evaluate_series",
+    "evaluate_run",
     "build_context",
     "series_level",
     "record_arrival",

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
+import numpy as np
+
 ACTIONS = ("fire", "resolve", "escalate")
 SEVERITIES = ("info", "warning", "critical")
 INF = math.inf
@@ -142,6 +144,30 @@ def alpha_of(window: int) -> float:
     return 2.0 / (window + 1.0)
 
 
+#: Batches at least this long (all steps increasing, all values finite) take the numpy fast paths.
+FAST_MIN = 32
+
+
+def ema_path(e0: float, y: np.ndarray, a: float) -> np.ndarray:
+    """The EMA after each point, ``e[t] = (1-a)·e[t-1] + a·y[t]`` from ``e0``, computed in closed form
+    (``e[t] = b^t·(e0 + a·Σ_k b^-k·y[k])``) in blocks short enough that ``b^-k`` stays in range."""
+    b = 1.0 - a
+    n = y.shape[0]
+    if b <= 0.0:
+        return y.astype(float, copy=True)
+    out = np.empty(n)
+    block = max(1, min(n, int(200.0 / -math.log(b))))
+    pw_full = b ** np.arange(1, block + 1, dtype=float)
+    for i in range(0, n, block):
+        yb = y[i:i + block]
+        m = yb.shape[0]
+        pw = pw_full[:m]
+        seg = pw * (e0 + a * np.cumsum(yb / pw))
+        out[i:i + m] = seg
+        e0 = float(seg[-1])
+    return out
+
+
 # --- the detector contract -------------------------------------------------------------------------
 
 
@@ -198,12 +224,21 @@ class Detector:
         key: str,
         context: Mapping[str, Any],
         out: list[Finding],
+        arr: np.ndarray | None = None,
     ) -> None:
-        """Like :meth:`run` but updates ``st`` in place (the driver copies once per batch)."""
+        """Like :meth:`run` but updates ``st`` in place (the driver copies once per batch).
+
+        ``arr``: the values as a float array, passed by the driver when the steps are increasing
+        (past the last step seen) and every value is finite; detectors then may take a numpy path.
+        """
         n = len(steps)
         if n != len(values):
             raise ValueError(f"{len(steps)} steps but {len(values)} values")
         last = st["last"]
+        if arr is not None:
+            self._run(st, steps, values, key, context, out, arr)
+            st["last"] = steps[-1]
+            return
         start = 0
         for i in range(n):
             s = steps[i]
@@ -258,6 +293,7 @@ class Detector:
         key: str,
         context: Mapping[str, Any],
         out: list[Finding],
+        arr: np.ndarray | None = None,
     ) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -268,6 +304,15 @@ def _slice(context: Mapping[str, Any], n: int, i: int, j: int) -> Mapping[str, A
     return {
         k: (v[i:j] if isinstance(v, (list, tuple)) and len(v) == n else v) for k, v in context.items()
     }
+
+
+def increasing(last: int | None, steps: Sequence[int]) -> bool:
+    """Every step after ``last`` and after the one before it (no resume inside the batch)."""
+    if not steps or (last is not None and steps[0] <= last):
+        return False
+    srt = sorted(steps)
+    return srt == steps and len(set(srt)) == len(srt) if isinstance(steps, list) else srt == list(steps) and len(
+        set(srt)) == len(srt)
 
 
 def per_point(context: Mapping[str, Any], name: str, n: int) -> Sequence[Any]:

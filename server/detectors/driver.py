@@ -17,13 +17,24 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .base import Finding, alpha_of, decode_number, encode_number
-from .pointwise import resolve_level
-from .rules import SERIES_RULES, RuleConfig
+import numpy as np
+
+from losswatch.server.detectors.base import (
+    FAST_MIN,
+    Finding,
+    alpha_of,
+    decode_number,
+    ema_path,
+    encode_number,
+    increasing,
+)
+from losswatch.server.detectors.pointwise import resolve_level
+from losswatch.server.detectors.rules import SERIES_RULES, RuleConfig
 
 STATE_VERSION = 1
 LEVEL_WINDOW = 50
 _ORDER = {r: i for i, r in enumerate(SERIES_RULES)}
+_EVAL_LAST = {"metric": 1}  # training-side series first: paired rules read their current level
 
 
 def evaluate_series(
@@ -52,14 +63,22 @@ def evaluate_series(
     steps, values = _skip_replay(st.get("last"), steps, values)
     if not steps:
         return st, []
-    st["level"] = _level(st.get("level"), steps, values)
+    arr = None
+    if len(steps) >= FAST_MIN:
+        total = sum(values)
+        if total - total == 0.0 and increasing(st["last"][0] if st.get("last") else None, steps):
+            arr = np.array(values, dtype=float)  # all finite, no resume inside: numpy fast paths
+    st["level"] = _level(st.get("level"), steps, values, arr)
     findings: list[Finding] = []
     divergence = None
     for rule in config.rules_for(key, kind):
         det = config.detector(rule)
         prev = st.get(rule)
         sub = det.initial_state() if prev is None else det._copy(prev)
-        det.run_into(sub, steps, values, key, ctx, findings)
+        if arr is not None and sub["last"] is not None and steps[0] <= sub["last"]:
+            det.run_into(sub, steps, values, key, ctx, findings)  # the rule's own view disagrees: be safe
+        else:
+            det.run_into(sub, steps, values, key, ctx, findings, arr)
         st[rule] = sub
         if rule == "divergence":
             divergence = det
@@ -107,6 +126,37 @@ def build_context(
     return ctx
 
 
+def evaluate_run(
+    states: Mapping[str, Mapping[str, Any] | None],
+    series_kinds: Mapping[str, str],
+    batch: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+    config: RuleConfig,
+    lr: float | Sequence[float] | None = None,
+) -> tuple[dict[str, Any], list[Finding]]:
+    """One ingest batch of a run, all its series: what the server does per batch, without storage.
+
+    ``states``: series key -> series state (missing: new series); ``series_kinds``: every series of
+    the run (key -> kind); ``batch``: key -> (steps, values) of this batch; ``lr``: the run's latest
+    learning rate after the batch. Training-side series are evaluated before metrics, so paired rules
+    read current levels. Returns the new states (all keys of ``states`` plus the batch's) and the
+    findings.
+    """
+    levels = {k: series_level(states.get(k)) for k in series_kinds}
+    new = dict(states)
+    findings: list[Finding] = []
+    for key in sorted(batch, key=lambda k: _EVAL_LAST.get(series_kinds[k], 0)):
+        steps, values = batch[key]
+        kind = series_kinds[key]
+        if not len(steps) or not config.rules_for(key, kind):
+            continue
+        ctx = build_context(key, kind, config, series_kinds, levels, lr=lr)
+        state, found = evaluate_series(states.get(key), key, kind, steps, values, config, ctx)
+        new[key] = state
+        levels[key] = series_level(state)
+        findings.extend(found)
+    return new, findings
+
+
 def record_arrival(
     state: Mapping[str, Any] | None, now: float, config: RuleConfig, step: int | None = None,
     label: str = "the run",
@@ -141,20 +191,31 @@ def _skip_replay(
     return steps, values
 
 
-def _level(lv: Mapping[str, Any] | None, steps: Sequence[int], values: Sequence[float]) -> dict[str, Any]:
+def _level(
+    lv: Mapping[str, Any] | None, steps: Sequence[int], values: Sequence[float], arr: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Debiased EMA of the finite values, each clipped at twice the level at the start of the batch
+    (for a positive level; ``level + |level|`` in general), so that one huge minibatch loss does not
+    move the level that paired rules read (a single 40× batch would otherwise shift a 50-point EMA
+    by 1.6×)."""
     a = alpha_of(LEVEL_WINDOW)
     b = 1.0 - a
     if lv:
         n, e, p, last = lv["n"], lv["e"], lv["p"], lv["last"]
     else:
         n, e, p, last = 0, 0.0, 1.0, None
+    hi = math.inf if n == 0 else e / (1.0 - p) + abs(e / (1.0 - p))
+    if arr is not None and (last is None or steps[0] > last):
+        m = arr.shape[0]
+        y = arr if hi == math.inf else np.minimum(arr, hi)
+        return {"n": n + m, "e": float(ema_path(e, y, a)[-1]), "p": p * b**m, "last": steps[-1]}
     for s, v in zip(steps, values, strict=True):
         if last is not None and s <= last:
-            n, e, p = 0, 0.0, 1.0
+            n, e, p, hi = 0, 0.0, 1.0, math.inf
         last = s
         if v - v == 0.0:
             n += 1
-            e = b * e + a * v
+            e = b * e + a * (v if v < hi else hi)
             p *= b
     return {"n": n, "e": e, "p": p, "last": last}
 
@@ -189,6 +250,7 @@ def _hand_over(findings: list[Finding], st: dict[str, Any], divergence: Any) -> 
 
 __all__ = [
     "evaluate_series",
+    "evaluate_run",
     "series_level",
     "build_context",
     "record_arrival",

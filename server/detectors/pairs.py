@@ -11,7 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Detector, Finding, check_choice, check_float, check_int, num, per_point, series_label
+from losswatch.server.detectors.base import (
+    Detector,
+    Finding,
+    check_choice,
+    check_float,
+    check_int,
+    num,
+    per_point,
+    series_label,
+)
 
 
 @dataclass(frozen=True)
@@ -19,7 +28,9 @@ class Overfitting(Detector):
     """The training loss keeps falling while the validation loss rises, for ``patience`` evaluations.
 
     An evaluation counts when the validation loss is worse than its best by more than
-    ``min_delta``·|best| and the (smoothed) training loss fell since the previous evaluation. Fires
+    ``min_delta``·|best| and the (smoothed) training loss fell since the previous evaluation; an
+    evaluation at the same training level as the previous one (two evaluations in one ingest batch)
+    neither counts nor breaks the streak. Fires
     after ``patience`` consecutive counting evaluations if the validation loss also rose over them.
     Resolves at a new best validation loss.
 
@@ -32,7 +43,7 @@ class Overfitting(Detector):
     rule = "overfitting"
     severity = "warning"
     patience: int = 3
-    min_delta: float = 0.0
+    min_delta: float = 0.02
     warmup: int = 2
 
     def __post_init__(self) -> None:
@@ -46,7 +57,7 @@ class Overfitting(Detector):
             "prev_val": None, "streak": 0, "before": None, "first": None, "active": False, "onset": None,
         }
 
-    def _run(self, st, steps, values, key, context, out) -> None:  # type: ignore[no-untyped-def]
+    def _run(self, st, steps, values, key, context, out, arr=None) -> None:  # type: ignore[no-untyped-def]
         trains = per_point(context, "train_loss", len(steps))
         train_key = context.get("train_key") or "the training loss"
         for s, v, tr in zip(steps, values, trains, strict=True):
@@ -66,6 +77,11 @@ class Overfitting(Detector):
                             key, st["onset"],
                         )
                     )
+                continue
+            if tr == prev_train:
+                # the training level has not moved since the previous evaluation (the server passes
+                # one level per batch): no news about the training loss, so the streak stands still
+                st["prev_val"] = v
                 continue
             if v > best + self.min_delta * abs(best) and prev_train is not None and tr < prev_train:
                 if st["streak"] == 0:
@@ -130,10 +146,14 @@ class Misalignment(Detector):
     """The loss keeps improving while the evaluation metric it should drive does not.
 
     Over the last ``window`` evaluations, the rank correlation between the loss's improvement and the
-    metric's improvement (directions from ``loss_mode`` and ``mode``) is computed. Fires when it is
-    below ``threshold`` while the loss improved by more than ``min_delta`` (relative) over the window.
-    Resolves when the correlation is back above ``threshold + 0.4`` (0.7 by default, about the 5%
-    critical value of a rank correlation over 8 points) or the loss stops improving.
+    metric's improvement (directions from ``loss_mode`` and ``mode``) is computed. An evaluation is
+    misaligned when the correlation is below ``threshold``, the loss improved by more than
+    ``min_delta`` (relative) over the window and the metric's best in the window beats its first value
+    by no more than ``metric_delta`` (relative). Fires after ``patience`` misaligned evaluations in a
+    row. Resolves when the correlation is back above ``threshold + 0.4`` (0.7 by default, about the
+    5% critical value of a rank correlation over 8 points) or the loss stops improving.
+    Consecutive points with the same loss level (the server passes one level per ingest batch, so a
+    metric logged every step has many) are one evaluation: the latest metric value wins.
     State: the last ``window`` (loss, metric) pairs.
 
     Parameters:
@@ -142,6 +162,8 @@ class Misalignment(Detector):
         window: evaluations in the correlation.
         threshold: rank correlation below which the pair is misaligned.
         min_delta: relative loss improvement over the window that counts as "improving".
+        metric_delta: relative improvement of the metric over the window that counts as following.
+        patience: misaligned evaluations in a row before firing.
     """
 
     rule = "misalignment"
@@ -150,7 +172,9 @@ class Misalignment(Detector):
     loss_mode: str = "min"
     window: int = 8
     threshold: float = 0.3
-    min_delta: float = 0.02
+    min_delta: float = 0.05
+    metric_delta: float = 0.02
+    patience: int = 3
 
     def __post_init__(self) -> None:
         check_choice(self, "mode", ("min", "max"))
@@ -158,32 +182,50 @@ class Misalignment(Detector):
         check_int(self, "window", 3)
         check_float(self, "threshold", -1.0, 1.0)
         check_float(self, "min_delta", 0.0)
+        check_float(self, "metric_delta", 0.0)
+        check_int(self, "patience", 1)
 
     def _fresh(self) -> dict[str, Any]:
         return {"loss": [], "metric": [], "steps": [], "active": False, "onset": None}
 
-    def _run(self, st, steps, values, key, context, out) -> None:  # type: ignore[no-untyped-def]
-        losses = per_point(context, "loss", len(steps))
+    def _run(self, st, steps, values, key, context, out, arr=None) -> None:  # type: ignore[no-untyped-def]
+        n = len(steps)
+        losses = per_point(context, "loss", n)
         loss_key = context.get("loss_key") or "the loss"
         ls, ms, ss = st["loss"], st["metric"], st["steps"]
         w = self.window
         lsign = 1.0 if self.loss_mode == "min" else -1.0
         msign = 1.0 if self.mode == "max" else -1.0
+        if n > 1 and not isinstance(context.get("loss"), (list, tuple)):
+            # one loss level for the batch (what the server passes): one evaluation, the latest metric
+            i = n - 1
+            steps, values, losses = steps[i:], values[i:], losses[i:]
         for s, v, lv in zip(steps, values, losses, strict=True):
             if v - v != 0.0 or lv is None or lv - lv != 0.0:
                 continue
-            ls.append(lv)
-            ms.append(v)
-            ss.append(s)
-            if len(ls) > w:
-                del ls[0], ms[0], ss[0]
+            if ls and lv == ls[-1]:
+                # the loss level has not moved since the last pair (several metric points per level,
+                # e.g. a metric logged every step): they are one evaluation, the latest value wins
+                ms[-1], ss[-1] = v, s
+            else:
+                ls.append(lv)
+                ms.append(v)
+                ss.append(s)
+                if len(ls) > w:
+                    del ls[0], ms[0], ss[0]
             if len(ls) < w:
                 continue
             gain = lsign * (ls[0] - ls[-1]) / (abs(ls[0]) or 1.0)
             rho = spearman([-lsign * x for x in ls], [msign * x for x in ms])
-            if not st["active"] and gain > self.min_delta and rho < self.threshold:
+            rise = msign * ((max(ms) if msign > 0 else min(ms)) - ms[0]) / (abs(ms[0]) or 1.0)
+            bad = gain > self.min_delta and rho < self.threshold and rise <= self.metric_delta
+            streak = st.get("streak", 0) + 1 if bad else 0
+            st["streak"] = streak
+            if streak == 1:
+                st["first"] = ss[0]
+            if not st["active"] and bad and streak >= self.patience:
                 st["active"] = True
-                st["onset"] = ss[0]
+                st["onset"] = st["first"]
                 out.append(
                     Finding(
                         self.rule, "fire", s, v, ms[0], self.severity,
@@ -192,7 +234,7 @@ class Misalignment(Detector):
                         f"{num(ls[-1])}) while {series_label(key)} went {num(ms[0])} → {num(v)} "
                         f"(best {num(max(ms) if msign > 0 else min(ms))}; rank correlation {rho:+.2f} < "
                         f"{self.threshold:+.2f})",
-                        key, ss[0], {"rho": rho, "loss_gain": gain},
+                        key, st["first"], {"rho": rho, "loss_gain": gain, "evaluations": streak},
                     )
                 )
             elif st["active"] and (rho >= self.threshold + 0.4 or gain <= 0.0):

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import (
+import numpy as np
+
+from losswatch.server.detectors.base import (
     Detector,
     Finding,
     alpha_of,
@@ -14,6 +16,7 @@ from .base import (
     check_float,
     check_int,
     decode_number,
+    ema_path,
     encode_number,
     num,
     ratio_text,
@@ -40,7 +43,10 @@ class NonFinite(Detector):
     def _fresh(self) -> dict[str, Any]:
         return {"active": False, "onset": None, "bad": 0, "ok": 0, "lf": None, "lf_step": None}
 
-    def _run(self, st, steps, values, key, context, out) -> None:  # type: ignore[no-untyped-def]
+    def _run(self, st, steps, values, key, context, out, arr=None) -> None:  # type: ignore[no-untyped-def]
+        if arr is not None and not st["active"]:  # all finite, nothing open: only the last finite value
+            st.update(lf=values[-1], lf_step=steps[-1])
+            return
         active = st["active"]
         ok = st["ok"]
         lf = st["lf"]
@@ -94,21 +100,25 @@ class Spike(Detector):
     and the others are winsorised at the threshold, so outliers cannot drag it up.
 
     A point exceeds when it is more than ``rtol`` × |baseline| *and* more than ``deviations`` mean
-    absolute deviations beyond the baseline. The alert fires after ``min_points`` consecutive
-    exceeding points, or at once for a point beyond ``single_rtol`` × |baseline|. It resolves when a
-    fast EMA (10-point span) of the points since onset is back below the baseline plus half the
-    relative jump (1.5× the baseline by default): a smoothed test, so one low noisy point does not end
-    it. When it has
-    not recovered ``recovery`` steps after onset it escalates: the spike alert is superseded by a
-    critical ``divergence`` finding and the baseline is learned anew.
+    absolute deviations beyond the baseline. The alert fires when ``min_points`` of the last
+    ``min_points + 2`` points exceed (3 of 5 by default: the 5-point median is above the threshold,
+    so one huge minibatch, which heavy-tailed noise produces, is not a spike), with the onset at the
+    first exceeding point; with ``single_rtol`` > 0 a single point beyond ``single_rtol`` × |baseline|
+    fires at once. It resolves when a fast EMA (10-point span) of the points since onset is back
+    below the baseline plus half the relative jump: a smoothed test, so one low noisy point does not
+    end it. When it has not recovered ``recovery`` steps after onset it escalates: the spike alert is
+    superseded by a critical ``divergence`` finding and the baseline is learned anew.
+
+    Batches whose points are all finite take a numpy path while no point exceeds (the EMAs in closed
+    form); the loop takes over at the first exceeding point.
 
     Parameters:
         mode: ``min`` (a loss: a jump up is bad) or ``max`` (a metric: a drop is bad).
         window: span of the baseline EMAs, in points.
-        rtol: relative jump over the baseline (1.0: twice the baseline).
-        deviations: jump in mean absolute deviations (6 ≈ OLMo's 6σ rule; MAD ≈ 0.8σ).
-        min_points: consecutive exceeding points before firing.
-        single_rtol: a single point this far above (9.0: 10× the baseline, Megatron's rule) fires at once.
+        rtol: relative jump over the baseline (0.9: 1.9× the EWMA baseline, about 2× the median).
+        deviations: jump in mean absolute deviations (3: only matters for very noisy series).
+        min_points: exceeding points among the last ``min_points + 2`` before firing.
+        single_rtol: a single point this far above fires at once (0: off; 9.0 is Megatron's 10× rule).
         recovery: steps after onset within which the series must recover, else escalate.
         warmup: points learned per segment before the rule can fire.
         finite_only: skip NaN/±Inf (the ``non_finite`` rule reports them); False counts them as exceeding.
@@ -118,10 +128,10 @@ class Spike(Detector):
     severity = "warning"
     mode: str = "min"
     window: int = 128
-    rtol: float = 1.0
-    deviations: float = 6.0
-    min_points: int = 2
-    single_rtol: float = 9.0
+    rtol: float = 0.9
+    deviations: float = 3.0
+    min_points: int = 3
+    single_rtol: float = 0.0
     recovery: int = 500
     warmup: int = 50
     finite_only: bool = True
@@ -132,18 +142,69 @@ class Spike(Detector):
         check_float(self, "rtol", 0.0, strict=True)
         check_float(self, "deviations", 0.0)
         check_int(self, "min_points", 1)
-        check_float(self, "single_rtol", 0.0, strict=True)
+        check_float(self, "single_rtol", 0.0)
         check_int(self, "recovery", 1)
         check_int(self, "warmup", 1)
         check_bool(self, "finite_only")
 
     def _fresh(self) -> dict[str, Any]:
         return {
-            "n": 0, "em": 0.0, "ed": 0.0, "p": 1.0, "cnt": 0, "first": None, "active": False,
+            "n": 0, "em": 0.0, "ed": 0.0, "p": 1.0, "k": 0, "ex": [], "active": False,
             "onset": None, "base": None, "rec_level": None, "peak": None, "ea": 0.0, "pa": 1.0, "thr": None,
         }
 
-    def _run(self, st, steps, values, key, context, out) -> None:  # type: ignore[no-untyped-def]
+    def _run(self, st, steps, values, key, context, out, arr=None) -> None:  # type: ignore[no-untyped-def]
+        if arr is not None and not st["active"] and not st.get("ex") and st["n"] >= self.warmup:
+            start = self._quiet(st, steps, arr)
+            if start is None:
+                return
+            steps, values = steps[start:], values[start:]
+        self._loop(st, steps, values, key, out)
+
+    def _quiet(self, st: dict[str, Any], steps: Any, arr: np.ndarray) -> int | None:
+        """numpy path while nothing fires: the EMAs in closed form over the points that do not exceed
+        (exceeding points are left out of them, as in the loop; found by fixed-point iteration).
+        Returns None when the batch cannot fire (state updated), else the index where the loop must
+        take over, with the state advanced to just before it."""
+        sign = 1.0 if self.mode == "min" else -1.0
+        a = alpha_of(self.window)
+        b = 1.0 - a
+        y = arr if sign > 0 else -arr
+        n = y.shape[0]
+        em0, ed0, p0, k0 = st["em"], st["ed"], st["p"], st.get("k", 0)
+        span = self.min_points + 2
+        over = np.zeros(n, dtype=bool)
+        for _ in range(4):
+            keep = ~over
+            yk = y[keep]
+            before = np.cumsum(keep) - keep  # kept points before each point
+            em = np.concatenate(([em0], ema_path(em0, yk, a)))
+            pw = p0 * b ** np.arange(0, yk.shape[0] + 1, dtype=float)
+            c = 1.0 - pw[before]
+            m_prev = em[before] / c
+            ed = np.concatenate(([ed0], ema_path(ed0, np.abs(yk - m_prev[keep]), a)))
+            thr = m_prev + np.maximum(self.rtol * np.abs(m_prev), self.deviations * ed[before] / c)
+            now = y > thr
+            if np.array_equal(now, over):
+                break
+            over = now
+        else:
+            return 0
+        if over.any():
+            counts = np.convolve(over, np.ones(span, dtype=int))[:n]
+            if (counts >= self.min_points).any() or self.single_rtol > 0.0:
+                t = int(np.argmax(counts >= self.min_points)) if (counts >= self.min_points).any() else n
+                j = int(np.argmax(over[max(0, t - span + 1):])) + max(0, t - span + 1) if t < n else int(np.argmax(over))
+                i = int(before[j])
+                st.update(em=float(em[i]), ed=float(ed[i]), p=float(pw[i]), k=k0 + j)
+                st["ex"] = []
+                return j
+        st.update(em=float(em[-1]), ed=float(ed[-1]), p=float(pw[-1]), k=k0 + n)
+        lo = max(0, n - span + 1)
+        st["ex"] = [[k0 + i + 1, steps[i]] for i in (np.flatnonzero(over[lo:]) + lo).tolist()]
+        return None
+
+    def _loop(self, st, steps, values, key, out) -> None:  # type: ignore[no-untyped-def]
         sign = 1.0 if self.mode == "min" else -1.0
         a = alpha_of(self.window)
         b = 1.0 - a
@@ -151,7 +212,8 @@ class Spike(Detector):
         fb = 1.0 - fa
         rtol, single, dev, warmup = self.rtol, self.single_rtol, self.deviations, self.warmup
         n, em, ed, p = st["n"], st["em"], st["ed"], st["p"]
-        cnt, active = st["cnt"], st["active"]
+        active = st["active"]
+        k, ex, span = st.get("k", 0), st.setdefault("ex", []), self.min_points + 2
         for s, v in zip(steps, values, strict=True):
             if v - v == 0.0:
                 y = sign * v
@@ -169,11 +231,9 @@ class Spike(Detector):
                     st["peak"] = y
                 if level < st["rec_level"]:
                     active = False
-                    cnt = 0
                     out.append(self._finding("resolve", s, v, st, key, sign))
                 elif s - st["onset"] >= self.recovery:
                     active = False
-                    cnt = 0
                     out.extend(self._escalation(s, v, level, st, key, sign))
                     n, em, ed, p = 0, 0.0, 0.0, 1.0  # learn the new level as the baseline
                 continue
@@ -189,24 +249,25 @@ class Spike(Detector):
             d = ed / c
             am = abs(m)
             thr = m + max(rtol * am, dev * d)
+            k += 1
+            while ex and k - ex[0][0] >= span:
+                del ex[0]
             if y > thr:
-                cnt += 1
-                if cnt == 1:
-                    st["first"] = s
-                if cnt >= self.min_points or y > m + max(single * am, dev * d):
+                ex.append([k, s])
+                if len(ex) >= self.min_points or (single > 0.0 and y > m + max(single * am, dev * d)):
                     active = True
                     st.update(
-                        onset=st["first"], base=m, rec_level=m + 0.5 * min(thr - m, rtol * am), peak=y,
+                        onset=ex[0][1], base=m, rec_level=m + 0.5 * min(thr - m, rtol * am), peak=y,
                         ea=y * fa, pa=fb, thr=thr,
                     )
+                    ex.clear()
                     out.append(self._finding("fire", s, v, st, key, sign))
                 continue
-            cnt = 0
             yw = y if y < thr else thr
             em = b * em + a * yw
             p *= b
             ed = b * ed + a * abs(yw - m)
-        st.update(n=n, em=em, ed=ed, p=p, cnt=cnt, active=active)
+        st.update(n=n, em=em, ed=ed, p=p, k=k, active=active)
 
     def _finding(self, action: str, s: int, v: float, st: dict[str, Any], key: str, sign: float) -> Finding:
         base = sign * st["base"]

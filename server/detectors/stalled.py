@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Finding, alpha_of, check_float, check_int
+from losswatch.server.detectors.base import Finding, alpha_of, check_float, check_int
 
 
 def duration(seconds: float) -> str:
