@@ -53,9 +53,10 @@ def make_bodies(n_batches: int, seed: int = 0) -> list[bytes]:
         steps = np.arange(b * STEPS_PER_BATCH, (b + 1) * STEPS_PER_BATCH)
         walls = (1.7e9 + steps * 0.05).tolist()
         base = np.exp(-steps / 3e4)
-        series = [wire.series_entry(k, kind, steps.tolist(),
-                                    (base * (1 + 0.1 * rng.standard_normal(STEPS_PER_BATCH))).tolist(), walls)
-                  for k, kind in MIX]
+        noisy = [(base * (1 + 0.1 * rng.standard_normal(STEPS_PER_BATCH))).tolist() for _ in MIX]
+        lr = (1e-3 * 0.5 * (1 + np.cos(np.pi * steps / (n_batches * STEPS_PER_BATCH)))).tolist()  # cosine
+        series = [wire.series_entry(k, kind, steps.tolist(), lr if kind == "lr" else noisy[i], walls)
+                  for i, (k, kind) in enumerate(MIX)]
         bodies.append(orjson.dumps(wire.batch(series)))
     return bodies
 

@@ -242,24 +242,37 @@ class Plateau(Detector):
     def _run(self, st, steps, values, key, context, out, arr=None) -> None:  # type: ignore[no-untyped-def]
         lr = context.get("lr")
         if (
-            arr is not None and st["n"] >= self.warmup and st["ref"] is not None
-            and not isinstance(lr, (list, tuple)) and not self._restarts(st, lr)
-            and self._quiet(st, steps, arr)
+            arr is not None and st["n"] >= self.warmup and st["ref"] is not None and not st["active"]
+            and not isinstance(lr, (list, tuple))
         ):
-            return
+            restart, lr_ref = self._lr_change(st, lr)
+            if self._quiet(st, steps, arr, restart):
+                if lr is not None and lr - lr == 0.0:
+                    st["lr"], st["lr_ref"] = lr, lr_ref
+                return
         self._loop(st, steps, values, key, context, out)
 
-    def _restarts(self, st: dict[str, Any], lr: Any) -> bool:
-        """Whether one LR value for the whole batch restarts patience (or changes the LR state)."""
-        if lr is None or lr - lr != 0.0:
-            return False
+    def _lr_change(self, st: dict[str, Any], lr: Any) -> tuple[bool, Any]:
+        """What one LR value for the whole batch does at its first point, as in :meth:`_loop`:
+        a rise (warm-up) or a drop beyond ``lr_drop`` since the reference restarts patience and
+        becomes the new reference; a smaller move (cosine, linear decay) only updates the last LR."""
         last, ref = st["lr"], st["lr_ref"]
-        return (last is not None and lr > last) or ref is None or lr < ref * (1.0 - self.lr_drop) or lr != last
+        if lr is None or lr - lr != 0.0:
+            return False, ref
+        if last is not None and lr > last:
+            return True, lr
+        if ref is None:
+            return False, lr
+        if lr < ref * (1.0 - self.lr_drop):
+            return True, lr
+        return False, ref
 
-    def _quiet(self, st: dict[str, Any], steps: Any, arr: np.ndarray) -> bool:
-        """numpy path: the EMAs in closed form, improvements found a few at a time. True (state
-        updated) when patience does not run out in this batch (or, with the alert open, nothing
-        improves); False (nothing changed) otherwise."""
+    def _quiet(self, st: dict[str, Any], steps: Any, arr: np.ndarray, restart: bool = False) -> bool:
+        """numpy path, while no plateau alert is open: the EMAs in closed form, and improvements
+        looked for at every k-th point (and the last) — a best found up to k-1 points late is
+        immaterial against a patience of thousands of steps, and a steadily falling loss then costs
+        n/k Python steps, not n. True (state updated) when patience does not run out in this batch;
+        False (nothing changed: the per-point loop takes over and fires) otherwise."""
         sign = 1.0 if self.mode == "min" else -1.0
         a = alpha_of(self.window)
         b = 1.0 - a
@@ -271,21 +284,20 @@ class Plateau(Detector):
         sm = e / c
         ed = ema_path(st["ed"], np.abs(y - sm), a)
         noise = (self.deviations * 1.25 * math.sqrt(a / (2.0 - a))) * ed / c
-        ref, ref_step, active = st["ref"], st["ref_step"], st["active"]
-        i = 0
-        for _ in range(16):
-            hit = np.flatnonzero(sm[i:] < ref - np.maximum(self.min_delta * abs(ref), noise[i:]))
-            if hit.shape[0] == 0:
-                break
-            j = i + int(hit[0])
-            if active or steps[j] - ref_step >= self.patience:
-                return False  # patience ran out before this improvement: the loop fires
-            ref, ref_step, i = float(sm[j]), steps[j], j + 1
-            if i == n:
-                break
-        else:
-            return False  # improving at almost every point: the loop is as fast
-        if not active and steps[-1] - ref_step >= self.patience:
+        ref, ref_step = st["ref"], st["ref_step"]
+        if restart:  # the LR restarted patience at the first point: it is the new reference
+            ref, ref_step = float(sm[0]), steps[0]
+        k = max(1, min(16, self.patience // 200))
+        idx = np.arange(k - 1, n, k) if k > 1 else np.arange(n)
+        if idx.shape[0] == 0 or idx[-1] != n - 1:
+            idx = np.append(idx, n - 1)
+        min_delta, patience = self.min_delta, self.patience
+        for v, nz, s in zip(sm[idx].tolist(), noise[idx].tolist(), np.asarray(steps)[idx].tolist(), strict=True):
+            if v < ref - max(min_delta * abs(ref), nz):
+                if s - ref_step >= patience:
+                    return False  # patience ran out before this improvement: the loop fires
+                ref, ref_step = v, s
+        if steps[-1] - ref_step >= patience:
             return False
         st.update(n=st["n"] + n, e=float(e[-1]), ed=float(ed[-1]), p=float(pw[-1]), ref=ref, ref_step=ref_step)
         return True

@@ -8,47 +8,29 @@ import time
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from losswatch.server.detectors import (
-    Finding,
-    build_context,
-    check_stalled,
-    evaluate_series,
-    record_arrival,
-    series_level,
-)
+from losswatch.server.detectors import Finding, check_stalled, evaluate_run, record_arrival
 from losswatch.server.models import Run
 from losswatch.server.services.alerts import RunContext, apply_findings, run_context
 from losswatch.server.services.batches import SeriesBatch
 from losswatch.server.services.points import SeriesRow
 from losswatch.server.services.runs import TouchedRun, save_monitor_state
 
-# Training-side series first: overfitting and misalignment read the current training level.
-_EVAL_LAST = {"metric": 1}
-
 
 def evaluate_batch(run: RunContext, touched: TouchedRun, batch: list[SeriesBatch],
                    series: dict[str, SeriesRow]) -> list[Finding]:
-    """Run the applicable rules over the batch's points and record the run's arrival. Updates the
-    rows' detector states and ``touched.monitor_state`` in memory."""
-    kinds = {k: s.kind for k, s in series.items()}
-    levels = {k: series_level(s.detector_state) for k, s in series.items()}
+    """Run the applicable rules over the batch's points (``detectors.evaluate_run``, the same pure
+    step the labelled benchmark measures) and record the run's arrival. Updates the rows' detector
+    states and ``touched.monitor_state`` in memory."""
     lr_rows = [s for s in series.values() if s.kind == "lr" and s.last_value is not None]
-    lr = lr_rows[0].last_value if lr_rows else None
-    findings: list[Finding] = []
-    last_step = None
-    for sb in sorted(batch, key=lambda b: _EVAL_LAST.get(series[b.key].kind, 0)):
-        if len(sb.points) == 0:
-            continue
-        s = series[sb.key]
-        last_step = max(last_step or 0, int(sb.points.steps[-1]))
-        if not run.config.rules_for(s.key, s.kind):
-            continue
-        ctx = build_context(s.key, s.kind, run.config, kinds, levels, lr=lr)
-        state, found = evaluate_series(s.detector_state, s.key, s.kind, sb.points.steps.tolist(),
-                                       sb.points.values.tolist(), run.config, ctx)
-        s.detector_state, s.dirty = state, True
-        levels[s.key] = series_level(state)
-        findings.extend(found)
+    points = {sb.key: (sb.points.steps.tolist(), sb.points.values.tolist()) for sb in batch if len(sb.points)}
+    states, findings = evaluate_run({k: s.detector_state for k, s in series.items()},
+                                    {k: s.kind for k, s in series.items()}, points, run.config,
+                                    lr=lr_rows[0].last_value if lr_rows else None)
+    for key in points:
+        row = series[key]
+        if states.get(key) is not row.detector_state:
+            row.detector_state, row.dirty = states[key], True
+    last_step = max((int(sb.points.steps[-1]) for sb in batch if len(sb.points)), default=None)
     findings.extend(arrive(run, touched, last_step))
     return findings
 
