@@ -64,6 +64,8 @@ MODULES: dict[str, tuple[str, float]] = {
     "dashboard": ("dashboard_bench", 240.0),
     "mlflow": ("mlflow_peer", 540.0),
     "tensorboard": ("tb_peer", 90.0),
+    "load": ("load", 300.0),
+    "integrations": ("integrations_bench", 240.0),
 }
 
 PACKAGES = ("fastapi", "uvicorn", "sqlalchemy", "numpy", "orjson", "torch", "pydantic", "httpx", "psycopg", "alembic")

@@ -58,6 +58,7 @@ class Collector(threading.Thread):
         self._cols: dict[Any, tuple[list[Any], list[Any], list[float], bool]] = {}
         self._npending = 0
         self._requests: deque[Cut] = deque()
+        self._updates: deque[bytes] = deque()  # run.update() bodies, sent after the points logged before them
         self._finish_status: str | None = None
         self.finish_seq = 0
 
@@ -68,6 +69,10 @@ class Collector(threading.Thread):
         self._requests.append(cut)
         self._owner._wake.set()
         return cut
+
+    def put_update(self, body: bytes) -> None:
+        self._updates.append(body)
+        self._owner._wake.set()
 
     def finish(self, status: str) -> None:
         self._finish_status = status
@@ -93,10 +98,14 @@ class Collector(threading.Thread):
         run = self._owner
         deadline = time.monotonic() + self.flush_interval
         while True:
+            # read in this order: whatever the training thread queued before finish() or flush() is seen
+            status = self._finish_status
             requests = []
             while self._requests:
                 requests.append(self._requests.popleft())
-            status = self._finish_status
+            updates = []
+            while self._updates:
+                updates.append(self._updates.popleft())
             while True:
                 drained = self._drain(self.flush_every - self._npending)
                 if self._npending >= self.flush_every:
@@ -104,8 +113,10 @@ class Collector(threading.Thread):
                 elif drained == 0 or not run._q:
                     break
             now = time.monotonic()
-            if self._npending and (requests or status is not None or now >= deadline):
+            if self._npending and (requests or updates or status is not None or now >= deadline):
                 self._cut()
+            for body in updates:  # after the points logged before the update() call
+                self._sender.put_update(body)
             if now >= deadline:
                 deadline = now + self.flush_interval
             pending = self._notices.pending or run._stop_due() is not None

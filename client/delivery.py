@@ -132,6 +132,11 @@ def create_run(transport: Transport, project: str, payload: dict[str, Any]) -> R
     return res
 
 
+def update_run(transport: Transport, run_id: str, body: bytes) -> Result:
+    """``PATCH`` the run's fields (``body``: a JSON object of name, tags, config, notes)."""
+    return call(transport, "PATCH", f"{API}/runs/{run_id}", body)
+
+
 def finish_run(transport: Transport, run_id: str, status: str) -> Result:
     return call(transport, "POST", f"{API}/runs/{run_id}/finish", wire.dumps({"status": status}))
 

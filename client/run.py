@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import platform
 import re
@@ -133,6 +134,14 @@ def _alert_key(alert: dict[str, Any]) -> Any:
     )
 
 
+def _wall(value: Any) -> float:
+    """A caller's ``wall_time=``: seconds since the epoch, finite (checked on the training thread)."""
+    wall = float(value)
+    if not math.isfinite(wall) or wall < 0:
+        raise ValueError(f"losswatch: wall_time must be finite seconds since the epoch, got {value!r}")
+    return wall
+
+
 class Run:
     """One training run. Create it with :func:`losswatch.init`."""
 
@@ -174,7 +183,8 @@ class Run:
         self.spool_path = spool_path
         self._strict = strict
         self._finished = False
-        self._step = 0
+        self._step = 0  # the default step of the next log(); 0 until the first log()
+        self._config: Any = create_payload.get("config")  # the config as this client knows it (update())
         self._q: deque[tuple[Any, dict[Any, Any], float, bool]] = deque()
         self._n_in = 0  # points queued (written by the training thread only)
         self._n_out = 0  # points drained (written by the collector only)
@@ -233,12 +243,17 @@ class Run:
     # ---- the training thread's fast path ------------------------------------------------------
 
     def log(
-        self, metrics: Mapping[str, Any], step: int | None = None, kinds: Mapping[str, str] | None = None
+        self,
+        metrics: Mapping[str, Any],
+        step: int | None = None,
+        kinds: Mapping[str, str] | None = None,
+        wall_time: float | None = None,
     ) -> None:
         """Queue one value per key at ``step`` (default: one more than the last step) and return.
 
         Values: Python numbers, numpy scalars, one-element torch tensors (kept detached on their
-        device until the sender fetches them in bulk). Never blocks on the network.
+        device until the sender fetches them in bulk). ``wall_time`` (seconds since the epoch)
+        replaces the time of the call. Never blocks on the network.
         """
         if step is None:
             step = self._step
@@ -252,16 +267,21 @@ class Run:
                     values[key] = value.detach()
         if kinds is not None:
             self._add_kinds(kinds)
-        self._q.append((step, values, _now(), False))
+        self._q.append((step, values, _now() if wall_time is None else _wall(wall_time), False))
         self._n_in += len(values)
         if self._n_in >= self._mark:
             self._slow_path()
 
     def log_eval(
-        self, metrics: Mapping[str, Any], step: int | None = None, kinds: Mapping[str, str] | None = None
+        self,
+        metrics: Mapping[str, Any],
+        step: int | None = None,
+        kinds: Mapping[str, str] | None = None,
+        wall_time: float | None = None,
     ) -> None:
         """Queue evaluation metrics at ``step`` (default: the last training step; the step counter
-        does not move). A key's kind is ``metric`` unless its name says loss (``val/loss``)."""
+        does not move). A key's kind is ``metric`` unless its name says loss (``val/loss``).
+        ``wall_time`` as in :meth:`log`."""
         if step is None:
             step = max(self._step - 1, 0)
         values = dict(metrics)
@@ -273,7 +293,7 @@ class Run:
                     values[key] = value.detach()
         if kinds is not None:
             self._add_kinds(kinds)
-        self._q.append((step, values, _now(), True))
+        self._q.append((step, values, _now() if wall_time is None else _wall(wall_time), True))
         self._n_in += len(values)
         if self._n_in >= self._mark:
             self._slow_path()
@@ -384,6 +404,54 @@ class Run:
         self._notices.report(
             "closed", f"losswatch: run {self.id} is finished; later log() calls are ignored."
         )
+        self._emit(stacklevel=3)
+
+    @property
+    def step(self) -> int | None:
+        """The step of the last :meth:`log` call, ``None`` before the first: where :meth:`log_eval`
+        puts its metrics by default (the next ``log()`` without ``step=`` uses ``step + 1``)."""
+        return self._step - 1 if self._step else None
+
+    # ---- changing the run ----------------------------------------------------------------------
+
+    def update(
+        self,
+        config: Mapping[str, Any] | Any = None,
+        tags: Iterable[str] | None = None,
+        name: str | None = None,
+        notes: str | None = None,
+    ) -> None:
+        """Change the run after :func:`init` and return at once; ``None`` leaves a field as it is.
+
+        ``config`` (a mapping, dataclass or ``argparse.Namespace``) is merged into the run's config
+        as this client knows it (the ``config`` of ``init()`` and of earlier ``update()`` calls): its
+        top-level keys replace the same keys, the other keys stay. ``tags``
+        replaces the tag list; ``name`` and ``notes`` replace theirs. The change goes to the server
+        through the sender thread (``PATCH /api/v1/runs/{id}``) after the points logged before it,
+        spooled, retried and replayed by ``losswatch sync`` like them. A change the server refuses (422) is
+        dropped with a warning (with ``strict=True``, an exception at the next call).
+        """
+        if not self.enabled:
+            return
+        if self._finished:
+            self._after_finish()
+            return
+        body: dict[str, Any] = {}
+        if config is not None:
+            new = _jsonable(config)
+            if not isinstance(new, dict):
+                raise ValueError(f"losswatch: update(config=...) takes a mapping, got {type(config).__name__}")
+            if isinstance(self._config, dict):
+                new = {**self._config, **new}
+            self._config = body["config"] = new
+        if tags is not None:
+            body["tags"] = [str(tags)] if isinstance(tags, str) else [str(t) for t in tags]
+        if name is not None:
+            self.name = body["name"] = str(name)
+        if notes is not None:
+            body["notes"] = str(notes)
+        if body:
+            self._collector.put_update(wire.dumps(body))
         self._emit(stacklevel=3)
 
     # ---- lifecycle -----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from losswatch.client.transport import Transport
 
 log = logging.getLogger("losswatch")
 
-_Item = tuple[int, str, bytes, int]  # (seq, "points" | "finish", body or status, points)
+_Item = tuple[int, str, bytes, int]  # (seq, "points" | "update" | "finish", body or status, points)
 
 
 class Notices:
@@ -116,6 +116,10 @@ class Sender(threading.Thread):
     def put_points(self, body: bytes, points: int) -> int:
         return self._put("points", body, points)
 
+    def put_update(self, body: bytes) -> int:
+        """A change of the run's fields (the JSON body of ``PATCH /runs/{id}``), from the training thread."""
+        return self._put("update", body, 0)
+
     def put_finish(self, status: str) -> int:
         return self._put("finish", status.encode(), 0)
 
@@ -137,6 +141,8 @@ class Sender(threading.Thread):
         seq, kind, payload, _ = item
         if kind == "points":
             return spool.points_payload(seq, payload)
+        if kind == "update":
+            return spool.update_payload(seq, payload)
         return spool.finish_payload(seq, payload.decode())
 
     def _to_spool(self, items: list[_Item]) -> bool:
@@ -245,6 +251,15 @@ class Sender(threading.Thread):
             seq, what, payload, points = item
             if what == "points":
                 res = delivery.send_points(self._transport, self.run_id, payload, self._limits)
+            elif what == "update":
+                res = delivery.update_run(self._transport, self.run_id, payload)
+                if res.outcome == "dropped":  # refused for good (422): tell, and go on with the rest
+                    self._notices.report(
+                        "update",
+                        f"losswatch: the server at {self._url} refused to update run {self.run_id} "
+                        f"({res.describe()}); that change was dropped.",
+                        res.error(),
+                    )
             else:
                 res = delivery.finish_run(self._transport, self.run_id, payload.decode())
                 if res.outcome == "dropped":  # e.g. already finished: nothing more to do with it
@@ -309,6 +324,8 @@ class Sender(threading.Thread):
                 seq = int(record.get("seq") or 0)
                 if record["t"] == "points":
                     item = (seq, "points", wire.dumps(record["body"]), delivery.count_points(record["body"]))
+                elif record["t"] == "update":
+                    item = (seq, "update", wire.dumps(record["body"]), 0)
                 else:
                     item = (seq, "finish", str(record.get("status", "finished")).encode(), 0)
                 return ("send", item, next_pos)
@@ -325,7 +342,7 @@ class Sender(threading.Thread):
             log.warning("losswatch: skipped a damaged line of %s", self.spool.path if self.spool else "")
             return False
         t = record.get("t")
-        if t == "points" and isinstance(record.get("body"), dict):
+        if t in ("points", "update") and isinstance(record.get("body"), dict):
             ours = self.spool is not None and pos >= self.spool.start
             return not (ours and int(record.get("seq") or 0) <= self._sent)  # already sent from memory
         if t == "finish":

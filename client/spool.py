@@ -11,6 +11,8 @@ killed in the middle of a write) is skipped by every reader. Records:
 - ``{"t": "run", "v": 1, "project": ..., "run_id": ..., "create": {...}, "url": ..., "rank": ...}``
   the first line of every file: everything needed to create the run again (never the token);
 - ``{"t": "points", "seq": N, "body": {...ingest batch of losswatch.client.wire...}}``;
+- ``{"t": "update", "seq": N, "body": {...}}`` a change of the run's fields (``Run.update``: the
+  body of ``PATCH /api/v1/runs/{id}``);
 - ``{"t": "finish", "seq": N, "status": "finished"}`` once the run has ended.
 
 Every line reaches the operating system when it is written (a killed process loses nothing that
@@ -52,6 +54,10 @@ def frame(payload: bytes) -> bytes:
 
 def points_payload(seq: int, body: bytes) -> bytes:
     return b'{"t":"points","seq":%d,"body":%s}' % (seq, body)
+
+
+def update_payload(seq: int, body: bytes) -> bytes:
+    return b'{"t":"update","seq":%d,"body":%s}' % (seq, body)
 
 
 def finish_payload(seq: int, status: str) -> bytes:

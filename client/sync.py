@@ -114,6 +114,16 @@ def _sync_file(
                     points += n - res.dropped_points
                     dropped += res.dropped_points
                     batches += 1
+                elif kind == "update" and isinstance(record.get("body"), dict):
+                    body = wire.dumps(record["body"])
+                    res = _retrying(retries, delivery.update_run, t, run_id, body)
+                    if res.outcome == "missing_run":
+                        _create(t, header, retries)
+                        res = _retrying(retries, delivery.update_run, t, run_id, body)
+                    if res.outcome == "dropped":
+                        report["warnings"].append(f"{file.name}: run update refused: {res.describe()}")
+                    elif not res.ok:
+                        raise _Failed(res.describe())
                 elif kind == "finish":
                     res = _retrying(
                         retries, delivery.finish_run, t, run_id, str(record.get("status", "finished"))

@@ -1,5 +1,6 @@
-"""What the framework adapters share: starting a run (or taking the caller's), updating a run's config
-after it started, and flattening configs.
+"""What the framework adapters share: starting a run (or taking the caller's), flattening configs and
+telling numbers apart. A run's config is changed after it started with ``Run.update`` (through the
+sender: spooled and retried like the points).
 
 Nothing here imports a framework.
 """
@@ -8,15 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from losswatch.client import wire
-from losswatch.client.errors import LosswatchWarning
 from losswatch.client.run import Run, _jsonable, init
-from losswatch.client.transport import HTTPTransport
 
 log = logging.getLogger("losswatch")
 
@@ -26,35 +22,6 @@ def start_run(run: Run | None, config: Any = None, **init_kwargs: Any) -> Run:
     if run is not None:
         return run
     return init(config=config, **init_kwargs)
-
-
-def update_run(run: Run, token: str | None = None, timeout: float = 10.0, **fields: Any) -> bool:
-    """PATCH ``fields`` (config, tags, name, notes) of a run that has already started.
-
-    The client has no way to change a run after ``init()`` yet, so this makes the two requests
-    itself, once (not per step): an idempotent create (the sender may not have created the run yet)
-    and the update. A failure warns and returns False; training goes on.
-    """
-    if not run.enabled:
-        return True
-    token = token or os.environ.get("LOSSWATCH_TOKEN") or None
-    transport = HTTPTransport(run.url, token, timeout=timeout)
-    body = {k: _jsonable(v) for k, v in fields.items()}
-    try:
-        status, _, data = transport.request(
-            "POST", f"/api/v1/projects/{run.project}/runs", wire.dumps({"id": run.id})
-        )
-        if status < 300:
-            status, _, data = transport.request("PATCH", f"/api/v1/runs/{run.id}", wire.dumps(body))
-        if status >= 300:
-            raise RuntimeError(f"HTTP {status}: {data[:300].decode(errors='replace')}")
-        return True
-    except Exception as exc:  # noqa: BLE001 - a boundary: report and keep training
-        warnings.warn(f"losswatch: could not update run {run.id} ({', '.join(fields)}): {exc}",
-                      LosswatchWarning, stacklevel=3)
-        return False
-    finally:
-        transport.close()
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:

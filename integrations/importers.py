@@ -310,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--token", default=None, help="API token with write scope (default: $LOSSWATCH_TOKEN)")
     common.add_argument("--batch", type=int, default=20_000, help="points per request (default: 20000)")
     sub = parser.add_subparsers(dest="source", required=True)
+    sub.add_parser("archive", help="a project archive of `losswatch export --project` (losswatch import archive -h)")
     tb = sub.add_parser("tensorboard", parents=[common], help="scalars of TensorBoard event files")
     tb.add_argument("logdir", type=Path, help="directory with event files (searched recursively)")
     tb.add_argument("--project", default=None, help="project (default: $LOSSWATCH_PROJECT or 'tensorboard')")
@@ -321,7 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["archive"]:  # a project archive of `losswatch export --project`: straight into the database
+        from losswatch.cli import import_archive_main
+
+        return import_archive_main(argv[1:])
+    args = build_parser().parse_args(argv)
     url = args.url or os.environ.get("LOSSWATCH_URL") or DEFAULT_URL
     token = args.token or os.environ.get("LOSSWATCH_TOKEN") or None
     try:

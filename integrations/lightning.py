@@ -36,7 +36,7 @@ from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from losswatch.client.run import Run
-from losswatch.integrations._common import is_number, plain_config, start_run, update_run
+from losswatch.integrations._common import is_number, plain_config, start_run
 
 __all__ = ["LosswatchLogger", "LosswatchCallback"]
 
@@ -79,6 +79,7 @@ class LosswatchLogger(Logger):
         self._own_run = run is None
         self._init_kwargs = init_kwargs
         self._finalized = False
+        self._is_eval: dict[str, bool] = {}  # key -> logged as an evaluation metric
 
     # ---- Lightning's Logger interface -----------------------------------------------------------
 
@@ -114,19 +115,23 @@ class LosswatchLogger(Logger):
         if self._run is None:  # not started yet: the config goes with the run's creation
             self.experiment  # noqa: B018 - starts the run
         else:
-            update_run(self._run, token=self._token, config=self._config)
+            self._run.update(config=new)  # merged into the run's config, sent by the sender thread
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         run = self.experiment
         train: dict[str, Any] = {}
         evals: dict[str, Any] = {}
+        is_eval = self._is_eval
         for key, value in metrics.items():
-            if not is_number(value):
+            if type(value) is not float and not is_number(value):  # Lightning hands floats: the fast case
                 continue
-            (evals if _EVAL_KEY.match(key) else train)[key] = value
+            flag = is_eval.get(key)
+            if flag is None:
+                flag = is_eval[key] = bool(_EVAL_KEY.match(key))
+            (evals if flag else train)[key] = value
         if step is None:
-            step = max(getattr(run, "_step", 1) - 1, 0)
+            step = run.step or 0
         if train:
             run.log(train, step=step)
         if evals:
@@ -175,6 +180,10 @@ class LosswatchCallback(Callback):
         self._run: Run | None = None
         self._batches = 0
         self._stopped = False
+        self._distributed = False
+        self._lr_keys: list[list[str]] = []  # per optimizer, per param group (built once per layout)
+        self._layout: tuple[int, ...] = ()
+        self._kinds_sent = False
 
     def _find_run(self, trainer: Any) -> Run | None:
         if isinstance(self._target, Run):
@@ -193,40 +202,55 @@ class LosswatchCallback(Callback):
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self._run = self._find_run(trainer)
         self._batches = 0
+        self._distributed = trainer.world_size > 1
+        self._layout = ()
+        self._kinds_sent = False
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # called every batch: keep it to a few microseconds (keys and kinds are worked out once)
         run = self._run
         self._batches += 1
         if run is not None:
             self._log_batch(trainer, run, outputs)
-        self._check_stop(trainer, run)
+        if self._distributed or (run is not None and run.should_stop):
+            self._check_stop(trainer, run)
+
+    def _lr_layout(self, optimizers: list[Any]) -> list[list[str]]:
+        layout = tuple(len(opt.param_groups) for opt in optimizers)
+        if layout != self._layout:
+            self._layout = layout
+            self._kinds_sent = False
+            self._lr_keys = [
+                [f"lr/opt{i}/pg{j}" if len(layout) > 1 else ("lr" if n == 1 else f"lr/pg{j}") for j in range(n)]
+                for i, n in enumerate(layout)
+            ]
+        return self._lr_keys
 
     def _log_batch(self, trainer: Any, run: Run, outputs: Any) -> None:
         values: dict[str, Any] = {}
-        kinds: dict[str, str] = {}
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        if loss is not None and is_number(loss):
-            values[self.key] = loss.detach() if hasattr(loss, "detach") else loss
-            kinds[self.key] = "loss"
+        if loss is not None:  # a tensor (run.log detaches it) or a number; anything else is dropped there
+            values[self.key] = loss
         if self.log_lr:
             optimizers = trainer.optimizers
-            for i, opt in enumerate(optimizers):
-                groups = opt.param_groups
-                for j, group in enumerate(groups):
-                    if len(optimizers) > 1:
-                        lr_key = f"lr/opt{i}/pg{j}"
-                    else:
-                        lr_key = "lr" if len(groups) == 1 else f"lr/pg{j}"
+            for opt, keys in zip(optimizers, self._lr_layout(optimizers), strict=False):
+                for key, group in zip(keys, opt.param_groups, strict=False):
                     lr = group.get("lr")
                     if lr is not None:
-                        values[lr_key] = lr.detach() if hasattr(lr, "detach") else lr
-                        kinds[lr_key] = "lr"
-        if values:
+                        values[key] = lr
+        if not values:
+            return
+        if self._kinds_sent:
+            run.log(values, step=trainer.fit_loop.total_batch_idx)
+        else:  # kinds stay with the run: say them once
+            kinds = {key: "lr" for keys in self._lr_keys for key in keys}
+            kinds[self.key] = "loss"
             run.log(values, step=trainer.fit_loop.total_batch_idx, kinds=kinds)
+            self._kinds_sent = True
 
     def _check_stop(self, trainer: Any, run: Run | None) -> None:
         wants = run is not None and run.should_stop  # other ranks have no run: they follow rank zero
-        if trainer.world_size > 1:
+        if self._distributed:
             if self._batches % self.stop_check_every:
                 return
             stop = bool(trainer.strategy.reduce_boolean_decision(wants, all=False))

@@ -26,7 +26,8 @@ What maps to what:
 - ``flush()`` waits until the server has everything; ``close()`` (or leaving a ``with`` block)
   finishes the run.
 
-``walltime`` arguments are accepted but not used: the time of the call is recorded.
+``walltime`` (seconds since the epoch) becomes the points' wall time, as in TensorBoard; without it the
+time of the call is recorded.
 
 Everything else of TensorBoard's writer (``add_histogram``, ``add_image``, ``add_graph``,
 ``add_text``, ...) is accepted and does nothing, with one :class:`LosswatchWarning` per method
@@ -45,7 +46,7 @@ from typing import Any
 
 from losswatch.client.errors import LosswatchWarning
 from losswatch.client.run import Run
-from losswatch.integrations._common import start_run, update_run
+from losswatch.integrations._common import start_run
 
 __all__ = ["SummaryWriter"]
 
@@ -113,7 +114,7 @@ class SummaryWriter:
         double_precision: bool = False,
     ) -> None:
         step = self._step(tag, global_step)
-        self.run.log({tag: scalar_value}, step=step)
+        self.run.log({tag: scalar_value}, step=step, wall_time=walltime)
 
     def add_scalars(
         self,
@@ -124,11 +125,12 @@ class SummaryWriter:
     ) -> None:
         if global_step is None:
             for tag, value in tag_scalar_dict.items():
-                self.add_scalar(f"{main_tag}/{tag}", value)
+                self.add_scalar(f"{main_tag}/{tag}", value, walltime=walltime)
             return
         step = int(global_step)
         self._last_step = max(self._last_step, step)
-        self.run.log({f"{main_tag}/{tag}": value for tag, value in tag_scalar_dict.items()}, step=step)
+        self.run.log({f"{main_tag}/{tag}": value for tag, value in tag_scalar_dict.items()}, step=step,
+                     wall_time=walltime)
 
     def add_hparams(
         self,
@@ -141,7 +143,7 @@ class SummaryWriter:
         if not isinstance(hparam_dict, Mapping) or not isinstance(metric_dict, Mapping):
             raise TypeError("hparam_dict and metric_dict should be dictionaries.")
         self._config.update(hparam_dict)
-        update_run(self.run, token=self._token, config=self._config)
+        self.run.update(config=dict(hparam_dict))  # merged into the run's config, sent in the background
         if metric_dict:
             step = self._last_step if global_step is None else int(global_step)
             self.run.log_eval(dict(metric_dict), step=step)

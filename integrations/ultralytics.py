@@ -71,6 +71,7 @@ class LosswatchYOLO:
         self._last_epoch = -1  # epoch of the last batch sent
         self._stopped = False
         self._finished = False
+        self._keys: tuple[str, ...] = ()  # the keys whose kinds the run was told
 
     # ---- callbacks ------------------------------------------------------------------------------
 
@@ -90,6 +91,7 @@ class LosswatchYOLO:
         self._finished = False
         self._stopped = False
         self._last_step = self._last_epoch = -1
+        self._keys = ()
 
     def on_train_epoch_start(self, trainer: Any) -> None:
         self._batch = 0
@@ -103,25 +105,26 @@ class LosswatchYOLO:
         step = trainer.epoch * len(trainer.train_loader) + i
         self._last_step, self._last_epoch = step, trainer.epoch
         values: dict[str, Any] = {}
-        kinds: dict[str, str] = {}
         components = _loss_components(trainer)
         if components:
             total = None
             for name, value in components.items():
-                key = f"train/{name}"
-                values[key] = value
-                kinds[key] = "loss_component"
+                values[f"train/{name}"] = value
                 total = value if total is None else total + value
             if "train/loss" not in values:  # a single component named "loss" is the total already
                 values["train/loss"] = total
-            kinds["train/loss"] = "loss"
         for index, group in enumerate(trainer.optimizer.param_groups):
             lr = group.get("lr")
             if lr is not None:
-                key = f"lr/pg{index}"
-                values[key] = lr.detach() if hasattr(lr, "detach") else lr
-                kinds[key] = "lr"
-        run.log(values, step=step, kinds=kinds)
+                values[f"lr/pg{index}"] = lr
+        keys = tuple(values)
+        if keys == self._keys:  # kinds stay with the run: say them once per set of keys
+            run.log(values, step=step)
+        else:
+            self._keys = keys
+            kinds = {k: "loss" if k == "train/loss" else "lr" if k.startswith("lr/") else "loss_component"
+                     for k in keys}  # fmt: skip
+            run.log(values, step=step, kinds=kinds)
         if run.should_stop and _rank() == -1:
             self._stop(trainer, f"after batch {step}")
 

@@ -121,6 +121,13 @@ class FakeServer:
                 if fresh:
                     self.runs[data["id"]] = {**data, "project": m.group(1), "status": "running"}
                 return (201 if fresh else 200), {}, self.runs[data["id"]]
+        m = re.fullmatch(r"/api/v1/runs/([^/]+)", path)
+        if method == "PATCH" and m:  # the real server's rule: a field given replaces the stored one
+            with self.lock:
+                if m.group(1) not in self.runs:
+                    return 404, {}, {"error": {"code": "run_not_found", "message": f"no run {m.group(1)!r}"}}
+                self.runs[m.group(1)].update(json.loads(body))
+                return 200, {}, self.runs[m.group(1)]
         m = re.fullmatch(r"/api/v1/runs/([^/]+)/(points|finish|heartbeat)", path)
         if method == "POST" and m:
             run_id, what = m.groups()

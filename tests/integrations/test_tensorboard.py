@@ -97,3 +97,22 @@ def test_an_exception_in_the_with_block_marks_the_run_failed(server: Any, tmp_pa
             1 / 0  # noqa: B018
     run = read_run(server.url, writer.run.id)
     assert run["status"] == "failed" and read_series(server.url, run["id"], "train/loss") == {0: 1.0}
+
+
+def test_walltime_is_recorded_and_hparams_merge_in_the_background(server: Any, tmp_path: Path) -> None:
+    from tests.integrations.conftest import read_walls
+
+    wall = 1_750_000_000.5  # exact in microseconds, as the server stores wall times
+    writer = SummaryWriter(str(tmp_path / "runs" / "wt"), project="tb", url=server.url, config={"seed": 1},
+                           flush_interval=0.2)
+    writer.add_scalar("train/loss", 1.0, 0, walltime=wall)
+    writer.add_scalars("loss", {"box": 0.5, "cls": 0.25}, 1, walltime=wall + 1)
+    writer.add_scalars("aux", {"a": 0.1}, walltime=wall + 2)  # no global_step: each tag counts its steps
+    writer.add_hparams({"lr": 0.01}, {"val/acc": 0.5})
+    writer.add_hparams({"batch": 8}, {})
+    writer.close()
+    run = read_run(server.url, writer.run.id)
+    assert run["config"] == {"seed": 1, "lr": 0.01, "batch": 8}
+    assert read_walls(server.url, run["id"], "train/loss") == {0: wall}
+    assert read_walls(server.url, run["id"], "loss/box") == {1: wall + 1}
+    assert read_walls(server.url, run["id"], "aux/a") == {0: wall + 2}
