@@ -9,12 +9,14 @@ more than the data.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from sqlalchemy import bindparam, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
@@ -251,20 +253,34 @@ def _csv_field(text: str) -> str:
     return text
 
 
-_CSV_SPELL = {"nan": wire.NAN, "inf": wire.POS_INF, "-inf": wire.NEG_INF}
+_CSV_SPELL = {wire.NAN: wire.NAN.encode(), wire.POS_INF: wire.POS_INF.encode(), wire.NEG_INF: wire.NEG_INF.encode()}
+_CSV_ROWS = 65_536
+
+
+def _csv_rows(key: bytes, p: Points) -> bytes:
+    """``key,step,value,wall_time`` lines. orjson writes the numbers (the shortest text that reads
+    back to the same float, as repr does), about twice as fast as formatting them in Python."""
+    steps = orjson.dumps(p.steps.tolist())[1:-1].split(b",")
+    values = orjson.dumps(p.values.tolist())[1:-1].split(b",")  # NaN/±Inf come out as null
+    for i in np.flatnonzero(~np.isfinite(p.values)).tolist():
+        values[i] = _CSV_SPELL[wire.encode_value(float(p.values[i]))]  # type: ignore[index]
+    walls = orjson.dumps((p.walls / 1e6).tolist())[1:-1].split(b",")
+    return b"\n".join(map(b",".join, zip(itertools.repeat(key, len(steps)), steps, values, walls, strict=True))) + b"\n"
 
 
 def iter_csv(session: Session, run_id: str, keys: list[str]) -> Iterator[bytes]:
-    """``key,step,value,wall_time`` rows of the given series, one chunk at a time."""
+    """``key,step,value,wall_time`` rows of the given series, about 64k rows at a time."""
     all_series = [get_series(session, run_id, k) for k in keys]
     yield b"key,step,value,wall_time\n"
     for s in all_series:
-        prefix = _csv_field(s.key) + ","
+        key = _csv_field(s.key).encode()
+        parts: list[Points] = []
+        n = 0
         for p in iter_chunks(session, s.id, 0, wire.MAX_STEP):
-            vals = list(map(repr, p.values.tolist()))
-            if s.nonfinite:
-                vals = [_CSV_SPELL.get(v, v) for v in vals]
-            walls = (p.walls / 1e6).tolist()
-            yield "".join(
-                [f"{prefix}{st},{v},{w!r}\n" for st, v, w in zip(p.steps.tolist(), vals, walls, strict=True)]
-            ).encode()
+            parts.append(p)
+            n += len(p)
+            if n >= _CSV_ROWS:
+                yield _csv_rows(key, chunks.concat(parts))
+                parts, n = [], 0
+        if parts:
+            yield _csv_rows(key, chunks.concat(parts))
