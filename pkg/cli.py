@@ -103,9 +103,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
             db.dispose()
     except RuntimeError as exc:
         _die(str(exc))
+    import logging
+
+    for name in ("uvicorn.access", "uvicorn.error", "losswatch"):  # a token sent where it does not belong
+        logging.getLogger(name).addFilter(RedactTokens())            # (?token=...) stays out of the log
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 access_log=args.access_log)
     return 0
+
+
+class RedactTokens:
+    """A logging filter that replaces anything shaped like a losswatch token (``lw_<12 hex>_<secret>``)
+    in a record's message and arguments with ``lw_<lookup>_…``."""
+
+    def __init__(self) -> None:
+        import re
+
+        self._token = re.compile(r"(lw_[0-9a-f]{12}_)[A-Za-z0-9_\-]+")
+
+    def _clean(self, value: Any) -> Any:
+        return self._token.sub(r"\1…", value) if isinstance(value, str) and "lw_" in value else value
+
+    def filter(self, record: Any) -> bool:
+        record.msg = self._clean(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._clean(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: self._clean(v) for k, v in record.args.items()}
+        return True
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

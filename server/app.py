@@ -95,6 +95,24 @@ class _TooLarge(Exception):
     pass
 
 
+class RefuseNul:
+    """422 for a NUL character anywhere in the path or the query string: no backend stores it
+    (PostgreSQL text cannot hold one) and no name contains one, so it can only be an attack or a bug."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and ("\x00" in scope.get("path", "")
+                                        or b"%00" in scope.get("query_string", b"")):
+            where = "path" if "\x00" in scope.get("path", "") else "query"
+            resp = error_response(422, "invalid_request", f"the {where} contains a NUL (%00) character",
+                                  [{"loc": [where], "msg": "NUL character"}])
+            await resp(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def prepare_database(settings: Settings, db: Database) -> None:
     """Apply pending migrations, or refuse to start when told not to."""
     pending = pending_migrations(db.engine) if has_schema(db.engine) else ["(all)"]
@@ -154,6 +172,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer to a body that is not JSON (or not UTF-8): the same 422 as ingest gives
+            return _render_error(request, 422, "invalid_json", "the request body is not valid JSON",
+                                 [{"loc": ["body"], "msg": "not valid JSON"}])
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return _render_error(request, exc.status_code, code, str(exc.detail))
 
@@ -182,6 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     _mount_dashboard(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RefuseNul)
     return app
 
 

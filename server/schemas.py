@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from losswatch.client import wire
 
@@ -18,6 +19,51 @@ WireValue = float | Literal["NaN", "Infinity", "-Infinity"]
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
+
+
+MAX_JSON_DEPTH = 64
+
+
+def _storable_text(text: str) -> str:
+    """Text both backends store as sent: no NUL (PostgreSQL text cannot hold it) and no lone
+    surrogate (not UTF-8)."""
+    if "\x00" in text:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return text
+
+
+def _storable_json(value: Any, finite: bool = True) -> Any:
+    """A JSON value both backends store and give back exactly: at most MAX_JSON_DEPTH levels, storable
+    text in keys and strings, and finite numbers only (spell the others 'NaN', 'Infinity', '-Infinity',
+    as losswatch.client does)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                _storable_text(k)
+                stack.append((v, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+        elif isinstance(node, str):
+            _storable_text(node)
+        elif finite and isinstance(node, float) and not math.isfinite(node):
+            raise ValueError("non-finite numbers are not JSON: send the strings 'NaN', 'Infinity' or '-Infinity'")
+    return value
+
+
+# Strings and JSON objects that are stored: refused with 422 where a backend would fail or change them.
+Text = Annotated[str, AfterValidator(_storable_text)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_storable_json)]
+# The MLflow routes' bodies: MLflow's client writes a NaN metric as a bare NaN token, which is a value
+# to store (as a point), not an error; strings still must be storable.
+JsonPayload = Annotated[dict[str, Any], AfterValidator(lambda v: _storable_json(v, finite=False))]
 
 
 class _Strict(BaseModel):
@@ -46,24 +92,24 @@ class ProjectList(BaseModel):
 
 class RunCreate(_Strict):
     id: str | None = Field(None, pattern=RUN_ID_PATTERN, description="Client-chosen id (idempotent create).")
-    name: str | None = Field(None, max_length=500)
-    group: str | None = Field(None, max_length=500)
-    tags: list[str] = Field(default_factory=list, max_length=100)
-    config: dict[str, Any] = Field(default_factory=dict)
-    notes: str | None = Field(None, max_length=100_000)
-    host: str | None = Field(None, max_length=500)
-    client: dict[str, Any] = Field(default_factory=dict)
-    alerts: dict[str, Any] | None = Field(
+    name: Text | None = Field(None, max_length=500)
+    group: Text | None = Field(None, max_length=500)
+    tags: list[Annotated[Text, Field(max_length=500)]] = Field(default_factory=list, max_length=100)
+    config: JsonObject = Field(default_factory=dict)
+    notes: Text | None = Field(None, max_length=100_000)
+    host: Text | None = Field(None, max_length=500)
+    client: JsonObject = Field(default_factory=dict)
+    alerts: JsonObject | None = Field(
         None, description="Rule configuration for this run, e.g. {\"plateau\": false, \"silenced\": [\"stalled\"]}."
     )
 
 
 class RunUpdate(_Strict):
-    name: str | None = Field(None, min_length=1, max_length=500)
-    group: str | None = Field(None, max_length=500)
-    tags: list[str] | None = Field(None, max_length=100)
-    config: dict[str, Any] | None = None
-    notes: str | None = Field(None, max_length=100_000)
+    name: Text | None = Field(None, min_length=1, max_length=500)
+    group: Text | None = Field(None, max_length=500)
+    tags: list[Annotated[Text, Field(max_length=500)]] | None = Field(None, max_length=100)
+    config: JsonObject | None = None
+    notes: Text | None = Field(None, max_length=100_000)
     status: RunStatus | None = None
 
 
@@ -188,7 +234,7 @@ class QueryResult(BaseModel):
 
 
 class TokenCreate(_Strict):
-    name: str = Field("api", min_length=1, max_length=200)
+    name: Text = Field("api", min_length=1, max_length=200)
     scope: Scope = "read"
 
 
@@ -208,11 +254,12 @@ class AlertList(BaseModel):
 
 
 class ChannelCreate(_Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     kind: Literal["webhook", "slack", "email"]
-    config: dict[str, Any] = Field(description="webhook: {url, secret?}; slack: {url}; email: {to: [addresses]}")
+    config: JsonObject = Field(description="webhook: {url, secret?}; slack: {url}; email: {to: [addresses]}")
     min_severity: Literal["info", "warning", "critical"] = "warning"
-    rules: list[str] | None = Field(None, max_length=20, description="Only these rules (default: all)")
+    rules: list[Annotated[Text, Field(max_length=32)]] | None = Field(
+        None, max_length=20, description="Only these rules (default: all)")
 
 
 class ChannelRead(BaseModel):

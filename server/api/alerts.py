@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Path, Query, Request
 
-from losswatch.server.api.deps import DB, Caller, authorize_run, check_access
+from losswatch.server.api.deps import API_ERRORS, DB, Caller, authorize_run, check_access
 from losswatch.server.schemas import (
     AlertConfig,
     AlertList,
@@ -14,12 +14,14 @@ from losswatch.server.schemas import (
     ChannelList,
     ChannelRead,
     DeliveryAttemptList,
+    JsonObject,
 )
 from losswatch.server.services import alerts, channels, projects
 from losswatch.server.services.runs import get_run
 
-router = APIRouter(prefix="/api/v1", tags=["alerts"])
-ConfigBody = Annotated[dict[str, Any], Body(description='e.g. {"divergence": {"rtol": 1.0}, "plateau": false, '
+router = APIRouter(prefix="/api/v1", tags=["alerts"], responses=API_ERRORS)
+ChannelId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+ConfigBody = Annotated[JsonObject, Body(description='e.g. {"divergence": {"rtol": 1.0}, "plateau": false, '
                                                       '"silenced": ["stalled"]}')]
 
 
@@ -105,7 +107,7 @@ def create_channel(project: str, body: ChannelCreate, request: Request, db: DB, 
 
 
 @router.delete("/projects/{project}/channels/{channel_id}", status_code=204, summary="Remove a channel (admin)")
-def delete_channel(project: str, channel_id: int, db: DB, caller: Caller) -> None:
+def delete_channel(project: str, channel_id: ChannelId, db: DB, caller: Caller) -> None:
     with db.write() as s:
         p = projects.get_project(s, project)
         check_access(caller, p.id, p.name, "admin")
@@ -114,7 +116,7 @@ def delete_channel(project: str, channel_id: int, db: DB, caller: Caller) -> Non
 
 @router.get("/projects/{project}/channels/{channel_id}/attempts", response_model=DeliveryAttemptList,
             summary="The channel's recent delivery attempts (admin)")
-def channel_attempts(project: str, channel_id: int, db: DB, caller: Caller) -> dict[str, Any]:
+def channel_attempts(project: str, channel_id: ChannelId, db: DB, caller: Caller) -> dict[str, Any]:
     with db.read() as s:
         p = projects.get_project(s, project)
         check_access(caller, p.id, p.name, "admin")

@@ -11,10 +11,33 @@ from starlette.responses import Response
 
 from losswatch.server.db import Database
 from losswatch.server.errors import Forbidden, Unauthorized
+from losswatch.server.schemas import ErrorResponse
 from losswatch.server.services.tokens import LOCAL, Principal, authenticate
 
 TOKEN_COOKIE = "losswatch_token"
+
+_ERROR_TEXT = {
+    400: "Bad request",
+    401: "Missing, malformed or revoked token (`unauthorized`)",
+    403: "The token lacks the scope or belongs to another project (`forbidden`)",
+    404: "No such project, run, series or channel",
+    409: "Conflict",
+    413: "Body above LOSSWATCH_MAX_BODY_BYTES (`body_too_large`)",
+    422: "Invalid request (`invalid_request` and more specific codes), with `details` per bad field",
+}
+
+
+def error_responses(*statuses: int, model: type = ErrorResponse) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses=`` entries for the error statuses a route can answer, all in one envelope
+    (declared so that clients and the schema fuzzer know every status a route can give)."""
+    return {status: {"model": model, "description": _ERROR_TEXT[status]} for status in statuses}
+
+
+# What any /api/v1 route can answer besides its success: auth, a missing resource, the body limit and
+# validation. Routers pass this as ``APIRouter(responses=API_ERRORS)``.
+API_ERRORS = error_responses(401, 403, 404, 413, 422)
 _AUTH_TTL_S = 10.0  # a revoked token stops working within this many seconds
+_RUN_OWNER_TTL_S = 10.0  # a deleted run's id is free for another project after this many seconds
 
 
 class JSONBytes(Response):
@@ -83,16 +106,23 @@ def check_scope(principal: Principal, scope: str) -> None:
 
 def authorize_run(request: Request, principal: Principal, run_id: str, scope: str) -> None:
     """403/404 unless the caller may act on the run. A run never changes project, so the
-    run -> project mapping is cached for the life of the process."""
-    cache: dict[str, tuple[int, str]] = request.app.state.run_projects
-    owner = cache.get(run_id)
-    if owner is None:
+    run -> project mapping is cached; only for ``_RUN_OWNER_TTL_S``, because a deleted run's id can
+    be taken again (by another project) while another server process still holds the old entry."""
+    cache: dict[str, tuple[float, int, str]] = request.app.state.run_projects
+    hit = cache.get(run_id)
+    now = time.monotonic()
+    if hit is None or hit[0] <= now:
         from losswatch.server.services.runs import get_run
 
         with request.app.state.db.read() as session:
             run, project = get_run(session, run_id)
-        owner = (run.project_id, project)
+        hit = (now + _RUN_OWNER_TTL_S, run.project_id, project)
         if len(cache) > 100_000:
             cache.clear()
-        cache[run_id] = owner
-    check_access(principal, owner[0], owner[1], scope)
+        cache[run_id] = hit
+    check_access(principal, hit[1], hit[2], scope)
+
+
+def forget_run(request: Request, run_id: str) -> None:
+    """Drop a deleted run from this process's run -> project cache."""
+    request.app.state.run_projects.pop(run_id, None)

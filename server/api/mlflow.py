@@ -15,10 +15,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
-from losswatch.server.api.deps import DB, Caller, JSONBytes, authorize_run, check_access
+from losswatch.server.api.deps import DB, Caller, JSONBytes, authorize_run, check_access, error_responses
 from losswatch.server.errors import LosswatchError
+from losswatch.server.schemas import JsonPayload
 from losswatch.server.services import mlflow_compat as mc
 
 log = logging.getLogger("losswatch.server")
@@ -46,8 +48,22 @@ class MlflowRoute(APIRoute):
         return route
 
 
-router = APIRouter(prefix="/api/2.0/mlflow", tags=["mlflow"], route_class=MlflowRoute)
-Payload = Annotated[dict[str, Any], Body()]
+class MlflowErrorResponse(BaseModel):
+    """An error as MLflow answers it."""
+
+    error_code: str
+    message: str
+
+
+_MLFLOW_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": MlflowErrorResponse, "description": text}
+    for status, text in ((400, "INVALID_PARAMETER_VALUE / BAD_REQUEST / RESOURCE_ALREADY_EXISTS"),
+                         (401, "UNAUTHENTICATED"), (403, "PERMISSION_DENIED"), (404, "RESOURCE_DOES_NOT_EXIST"))
+}
+_MLFLOW_ERRORS.update(error_responses(413))  # the body limit answers before the route, in losswatch's envelope
+
+router = APIRouter(prefix="/api/2.0/mlflow", tags=["mlflow"], route_class=MlflowRoute, responses=_MLFLOW_ERRORS)
+Payload = Annotated[JsonPayload, Body()]
 
 
 # --- experiments ------------------------------------------------------------------------------

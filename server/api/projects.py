@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from losswatch.server.api.deps import DB, Caller, check_access
+from losswatch.server.api.deps import API_ERRORS, DB, Caller, check_access
 from losswatch.server.schemas import (
     ProjectList,
     ProjectRead,
@@ -19,7 +19,7 @@ from losswatch.server.schemas import (
 )
 from losswatch.server.services import projects, runs, tokens
 
-router = APIRouter(prefix="/api/v1/projects", tags=["projects"])
+router = APIRouter(prefix="/api/v1/projects", tags=["projects"], responses=API_ERRORS)
 
 
 @router.get("", response_model=ProjectList, summary="List the projects the caller can see")

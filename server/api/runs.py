@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from losswatch.client import wire
-from losswatch.server.api.deps import DB, Caller, JSONBytes, authorize_run
+from losswatch.server.api.deps import API_ERRORS, DB, Caller, JSONBytes, authorize_run
 from losswatch.server.schemas import (
     RUN_ID_PATTERN,
     HeartbeatResult,
@@ -24,7 +24,7 @@ from losswatch.server.schemas import (
 )
 from losswatch.server.services import ingest, points, runs
 
-router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
+router = APIRouter(prefix="/api/v1/runs", tags=["runs"], responses=API_ERRORS)
 RunId = Annotated[str, Query(pattern=RUN_ID_PATTERN)]
 Step = Annotated[int, Query(ge=0, le=wire.MAX_STEP)]
 
@@ -70,7 +70,6 @@ def list_series(run_id: str, request: Request, db: DB, caller: Caller) -> Series
     summary="Ingest a columnar batch (many series x many steps)",
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/IngestBatch"}}}}},
-    responses={413: {"description": "Body above LOSSWATCH_MAX_BODY_BYTES"}},
 )
 async def ingest_points(run_id: str, request: Request, db: DB, caller: Caller) -> JSONBytes:
     """The body is parsed by hand (orjson + numpy), not by a pydantic model: that is 4x faster

@@ -31,8 +31,12 @@ def private_address_reason(url: str) -> str | None:
         return f"the host {parts.hostname!r} does not resolve ({exc})"
     for info in infos:
         ip = ipaddress.ip_address(info[4][0])
+        mapped = getattr(ip, "ipv4_mapped", None)
+        if mapped is not None:
+            ip = mapped
+        # not is_global also covers the shared address space 100.64.0.0/10 (some clouds' metadata)
         if ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved or ip.is_multicast \
-                or ip.is_unspecified:
+                or ip.is_unspecified or not ip.is_global:
             return (f"{parts.hostname} resolves to {ip}, a loopback, private or link-local address; "
                     "set LOSSWATCH_ALLOW_PRIVATE_CHANNELS=true to allow it")
     return None

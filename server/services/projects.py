@@ -20,6 +20,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def _utc(dt: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+
+
 def check_name(name: str) -> str:
     if not _NAME.match(name):
         raise InvalidRequest(
@@ -63,5 +68,5 @@ def list_projects(session: Session, only: int | None = None) -> list[ProjectRead
     if only is not None:
         stmt = stmt.where(Project.id == only)
     return [
-        ProjectRead(name=p.name, created_at=p.created_at, runs=n) for p, n in session.execute(stmt)
+        ProjectRead(name=p.name, created_at=_utc(p.created_at), runs=n) for p, n in session.execute(stmt)
     ]

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from losswatch.server.errors import InvalidRequest, run_not_found
-from losswatch.server.models import Project, Run, Series
+from losswatch.server.models import Alert, Project, Run, Series
 from losswatch.server.schemas import RunCreate, RunPage, RunRead, RunUpdate, SeriesSummary
 from losswatch.server.services.projects import get_or_create_project, get_project, now
 
@@ -105,8 +105,9 @@ def create_run(session: Session, project_name: str, data: RunCreate, *, create_p
 def update_run(session: Session, run_id: str, data: RunUpdate) -> RunRead:
     run, _ = get_run(session, run_id)
     fields = data.model_dump(exclude_unset=True)
-    if "name" in fields and fields["name"] is None:
-        raise InvalidRequest("name cannot be null", details=[{"loc": ["body", "name"], "msg": "null"}])
+    for required in ("name", "status"):
+        if required in fields and fields[required] is None:
+            raise InvalidRequest(f"{required} cannot be null", details=[{"loc": ["body", required], "msg": "null"}])
     for name, value in fields.items():
         if name == "tags" and value is not None:
             value = list(dict.fromkeys(value))
@@ -125,6 +126,20 @@ def finish_run(session: Session, run_id: str, status: str) -> RunRead:
     run.ended_at = now()
     session.flush()
     return read_run(session, run_id)
+
+
+def delete_run(session: Session, run_id: str) -> dict[str, Any]:
+    """Delete a run with its series, points, alerts and their outbox rows (the foreign keys
+    cascade). Returns what went, for the answer and the audit line."""
+    run, project = get_run(session, run_id)
+    series, points = session.execute(
+        select(func.count(), func.coalesce(func.sum(Series.count), 0)).where(Series.run_id == run_id)
+    ).one()
+    n_alerts = session.scalar(select(func.count()).select_from(Alert).where(Alert.run_id == run_id)) or 0
+    gone = {"id": run.id, "project": project, "name": run.name, "series": int(series), "points": int(points),
+            "alerts": int(n_alerts)}
+    session.execute(delete(Run).where(Run.id == run_id))
+    return gone
 
 
 @dataclass

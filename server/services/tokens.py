@@ -27,9 +27,17 @@ class Principal:
     project_id: int | None  # None: every project (auth off)
     project: str | None
     scope: str
+    token_id: int | None = None  # the token's row id and label, for audit lines (never the token)
+    token_name: str | None = None
 
     def allows(self, scope: str) -> bool:
         return SCOPE_RANK[self.scope] >= SCOPE_RANK[scope]
+
+    def describe(self) -> str:
+        """Who, for a log line: the token's id, label, project and scope; never the token itself."""
+        if self.token_id is None:
+            return "the local user (auth off)"
+        return f"token #{self.token_id} {self.token_name!r} ({self.scope} on project {self.project!r})"
 
 
 LOCAL = Principal(project_id=None, project=None, scope="admin")
@@ -67,4 +75,5 @@ def authenticate(session: Session, plaintext: str) -> Principal | None:
     token, project = row
     if not hmac.compare_digest(token.digest, _digest(plaintext)) or token.revoked_at is not None:
         return None
-    return Principal(project_id=token.project_id, project=project, scope=token.scope)
+    return Principal(project_id=token.project_id, project=project, scope=token.scope, token_id=token.id,
+                     token_name=token.name)
