@@ -56,8 +56,9 @@ def worker(url: str, run_id: str, project: str, seconds: float, rate: float, spo
                 if path.endswith("/points"):
                     latencies.append((time.perf_counter() - t) * 1000)
 
+    # The client's defaults (a batch every 2 s or 5,000 points), as a training script gets them.
     run = losswatch.init(project=project, url=url, id=run_id, transport=Timed(url), spool_dir=spool_dir,
-                         flush_interval=0.1, finish_timeout=120)
+                         finish_timeout=120)
     keys = ["train/loss"] + [f"train/loss/c{i}" for i in range(1, SERIES)]
     steps = int(seconds * rate)
     t0 = time.perf_counter()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import random
 import threading
 import time
 from collections import deque
@@ -96,7 +97,9 @@ class Collector(threading.Thread):
 
     def _loop(self) -> None:
         run = self._owner
-        deadline = time.monotonic() + self.flush_interval
+        # Each interval is jittered by ±20 %: jobs started together (a sweep, a load test) would
+        # otherwise all send at the same instant, forever, and queue behind each other on the server.
+        deadline = time.monotonic() + self.flush_interval * random.uniform(0.5, 1.0)
         while True:
             # read in this order: whatever the training thread queued before finish() or flush() is seen
             status = self._finish_status
@@ -118,7 +121,7 @@ class Collector(threading.Thread):
             for body in updates:  # after the points logged before the update() call
                 self._sender.put_update(body)
             if now >= deadline:
-                deadline = now + self.flush_interval
+                deadline = now + self.flush_interval * random.uniform(0.8, 1.2)
             pending = self._notices.pending or run._stop_due() is not None
             run._mark = -1 if pending else run._n_out + self.wake_points
             for cut in requests:

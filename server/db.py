@@ -20,8 +20,9 @@ def make_engine(settings: Settings) -> Engine:
         engine = create_engine(
             settings.database_url,
             connect_args={"check_same_thread": False, "timeout": 30},
-            pool_size=settings.db_pool_size,
-            max_overflow=8,
+            # One writer at a time anyway; each connection keeps its own page cache (cache_size).
+            pool_size=min(settings.db_pool_size, 4),
+            max_overflow=4,
         )
 
         @event.listens_for(engine, "connect")
@@ -32,7 +33,7 @@ def make_engine(settings: Settings) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA cache_size=-65536")
+            cur.execute("PRAGMA cache_size=-16384")  # 16 MiB per connection
             cur.close()
 
         return engine

@@ -149,6 +149,11 @@ def _check_key(key: object, loc: list[object]) -> str:
         raise _bad(loc, f"key must be at most {wire.MAX_KEY_LENGTH} characters, got {len(key)}")
     if any(ord(c) < 32 or ord(c) == 127 for c in key):
         raise _bad(loc, "key must not contain control characters")
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _bad(loc, "key must be valid Unicode (a lone surrogate is not)") from None
     return key
 
 

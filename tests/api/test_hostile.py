@@ -177,8 +177,6 @@ def test_lone_surrogates_are_refused(client: Any, run_id: str) -> None:
         envelope(raw(client, "POST", "/api/v1/projects/p/runs", body), 422, "invalid_request")
 
 
-@pytest.mark.xfail(strict=True, reason="server/services/batches.py (being optimised by its owner) passes a lone "
-                   "surrogate in a series key on to the database: 500 UnicodeEncodeError in points.load_series")
 def test_lone_surrogates_in_series_keys_are_refused(client: Any, run_id: str) -> None:
     r = raw(client, "POST", f"/api/v1/runs/{run_id}/points", b'{"series": [{"key": "\\ud800", "steps": [1], "values": [1]}]}')
     envelope(r, 422, "invalid_points")

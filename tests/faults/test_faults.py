@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, need_or_skip
 from tests.faults._trainer import value
 
 pytestmark = pytest.mark.slow
@@ -94,7 +94,7 @@ def _pg_up() -> bool:
 @pytest.mark.postgres
 def test_server_recovers_its_connections_after_postgresql_restarts(pg_database: str, server_factory: Any) -> None:
     if not Path("/etc/postgresql").is_dir() or subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode:
-        pytest.skip("SKIPPED, NOT TESTED: no local PostgreSQL cluster to restart (pg_ctlcluster)")
+        need_or_skip("no local PostgreSQL cluster to restart (pg_ctlcluster)")
     server = server_factory(pg_database).start()
     steps, series = 1500, 10
     trainer = Trainer(server.url, "--steps", str(steps), "--series", str(series), "--rate", "150")
