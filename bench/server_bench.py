@@ -107,19 +107,29 @@ class Server:
 
 
 def _client(args: tuple[str, str, list[bytes], Any]) -> tuple[int, list[float]]:
-    url, run_id, bodies, barrier = args
-    import httpx
+    """One sending process, on http.client with one kept-alive connection: the transport the
+    losswatch client itself uses (httpx, pure Python, costs about 10 % more per 366 kB request)."""
+    import http.client
+    from urllib.parse import urlsplit
 
+    url, run_id, bodies, barrier = args
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    headers = {"content-type": "application/json"}
+    path = f"/api/v1/runs/{run_id}/points"
     latencies = []
-    with httpx.Client(base_url=url, timeout=120) as c:
-        c.post(f"/api/v1/runs/{run_id}/points", content=bodies[0], headers={"content-type": "application/json"})
-        barrier.wait()
-        for body in bodies[1:]:
-            t = time.perf_counter()
-            r = c.post(f"/api/v1/runs/{run_id}/points", content=body, headers={"content-type": "application/json"})
-            latencies.append(time.perf_counter() - t)
-            if r.status_code != 200:
-                raise RuntimeError(r.text[:500])
+    conn.request("POST", path, body=bodies[0], headers=headers)
+    conn.getresponse().read()
+    barrier.wait()
+    for body in bodies[1:]:
+        t = time.perf_counter()
+        conn.request("POST", path, body=body, headers=headers)
+        resp = conn.getresponse()
+        text = resp.read()
+        latencies.append(time.perf_counter() - t)
+        if resp.status != 200:
+            raise RuntimeError(text[:500])
+    conn.close()
     return (len(bodies) - 1) * len(MIX) * STEPS_PER_BATCH, latencies
 
 
