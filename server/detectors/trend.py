@@ -242,7 +242,7 @@ class Plateau(Detector):
     def _run(self, st, steps, values, key, context, out, arr=None) -> None:  # type: ignore[no-untyped-def]
         lr = context.get("lr")
         if (
-            arr is not None and st["n"] >= self.warmup and st["ref"] is not None and not st["active"]
+            arr is not None and st["n"] >= self.warmup and st["ref"] is not None
             and not isinstance(lr, (list, tuple))
         ):
             restart, lr_ref = self._lr_change(st, lr)
@@ -268,11 +268,16 @@ class Plateau(Detector):
         return False, ref
 
     def _quiet(self, st: dict[str, Any], steps: Any, arr: np.ndarray, restart: bool = False) -> bool:
-        """numpy path, while no plateau alert is open: the EMAs in closed form, and improvements
+        """numpy path: the EMAs in closed form, and improvements
         looked for at every k-th point (and the last) — a best found up to k-1 points late is
         immaterial against a patience of thousands of steps, and a steadily falling loss then costs
-        n/k Python steps, not n. True (state updated) when patience does not run out in this batch;
-        False (nothing changed: the per-point loop takes over and fires) otherwise."""
+        n/k Python steps, not n. True (state updated) when nothing happens in this batch: patience
+        does not run out, or, with the alert open, nothing improves. False (nothing changed: the
+        per-point loop takes over, fires or resolves) otherwise. A restart with the alert open goes
+        to the loop too (it resolves the alert)."""
+        active = st["active"]
+        if active and restart:
+            return False
         sign = 1.0 if self.mode == "min" else -1.0
         a = alpha_of(self.window)
         b = 1.0 - a
@@ -294,10 +299,10 @@ class Plateau(Detector):
         min_delta, patience = self.min_delta, self.patience
         for v, nz, s in zip(sm[idx].tolist(), noise[idx].tolist(), np.asarray(steps)[idx].tolist(), strict=True):
             if v < ref - max(min_delta * abs(ref), nz):
-                if s - ref_step >= patience:
-                    return False  # patience ran out before this improvement: the loop fires
+                if active or s - ref_step >= patience:
+                    return False  # an improvement resolves the alert, or patience ran out first: the loop
                 ref, ref_step = v, s
-        if steps[-1] - ref_step >= patience:
+        if not active and steps[-1] - ref_step >= patience:
             return False
         st.update(n=st["n"] + n, e=float(e[-1]), ed=float(ed[-1]), p=float(pw[-1]), ref=ref, ref_step=ref_step)
         return True
