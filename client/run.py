@@ -134,6 +134,20 @@ def _alert_key(alert: dict[str, Any]) -> Any:
     )
 
 
+def _own(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the caller's values that the sender may keep: tensors that carry a graph are
+    detached (no copy, no sync); an lr or a no_grad value is kept as it is, since a detached view
+    would share its storage anyway, which saves ~0.5 µs a tensor. torch is looked up, never imported."""
+    values = dict(metrics)
+    torch = _modules.get("torch")
+    if torch is not None:
+        tensor = torch.Tensor
+        for key, value in values.items():
+            if type(value) is not float and isinstance(value, tensor) and value.requires_grad:
+                values[key] = value.detach()
+    return values
+
+
 def _wall(value: Any) -> float:
     """A caller's ``wall_time=``: seconds since the epoch, finite (checked on the training thread)."""
     wall = float(value)
@@ -258,15 +272,7 @@ class Run:
         if step is None:
             step = self._step
         self._step = step + 1
-        values = dict(metrics)
-        torch = _modules.get("torch")
-        if torch is not None:
-            tensor = torch.Tensor
-            for key, value in values.items():
-                # detach() only what carries a graph: an lr or a no_grad value is kept as it is
-                # (a detached view shares its storage anyway), which saves ~0.5 µs a tensor.
-                if type(value) is not float and isinstance(value, tensor) and value.requires_grad:
-                    values[key] = value.detach()
+        values = _own(metrics)
         if kinds is not None:
             self._add_kinds(kinds)
         self._q.append((step, values, _now() if wall_time is None else _wall(wall_time), False))
@@ -286,13 +292,7 @@ class Run:
         ``wall_time`` as in :meth:`log`."""
         if step is None:
             step = max(self._step - 1, 0)
-        values = dict(metrics)
-        torch = _modules.get("torch")
-        if torch is not None:
-            tensor = torch.Tensor
-            for key, value in values.items():
-                if isinstance(value, tensor) and value.requires_grad:
-                    values[key] = value.detach()
+        values = _own(metrics)
         if kinds is not None:
             self._add_kinds(kinds)
         self._q.append((step, values, _now() if wall_time is None else _wall(wall_time), True))
