@@ -197,6 +197,11 @@ def run_demo(url: str, project: str, steps: int, eval_every: int, token: str | N
             t.step(step, batch)
             if (step + 1) % eval_every == 0 or step == steps - 1:
                 t.evaluate(step)
+                # An evaluation is a sync point: flush() returns once the server holds every point so
+                # far and has answered with the alerts they raised, so the stop decision below sees all
+                # of them, however fast this loop runs. Between evaluations the answers of the
+                # background sender set should_stop as they arrive.
+                t.run.flush()
             if t.run.should_stop:  # a non_finite or divergence alert came back: stop this one
                 t.stopped_at = step
         if (step + 1) % max(1, steps // 10) == 0:
