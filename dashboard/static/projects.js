@@ -1,5 +1,5 @@
 // Entry of /: the projects visible to the caller.
-import { el, api, setStatus, fmtTime, projectUrl } from "./lib.js";
+import { el, api, setStatus, projectUrl, timeAgo } from "./lib.js";
 
 const status = document.getElementById("status");
 const table = document.getElementById("projects");
@@ -22,7 +22,7 @@ async function main() {
     body.append(el("tr", {},
       el("td", {}, el("a", { href: projectUrl(name), class: "mono", text: name })),
       el("td", { class: "num", text: typeof runs === "number" ? String(runs) : "" }),
-      el("td", { text: typeof p === "object" && p.created_at ? fmtTime(p.created_at) : "" }),
+      el("td", {}, typeof p === "object" && p.created_at ? timeAgo(p.created_at) : ""),
       el("td", {}, el("a", { href: projectUrl(name) + "/alerts", class: "small", text: "alerts" }))));
   }
   table.hidden = false;

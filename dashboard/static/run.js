@@ -1,7 +1,8 @@
 // Entry of /runs/{run_id}: config, tags, status, timings, series, alerts and the run's charts.
 import { el, clear, api, apiUrl, setStatus, fetchAlerts, fmtNum, fmtTime, fmtValue, fmtDuration, flatten,
-  runDuration, runLabel, projectUrl, KIND_ORDER } from "./lib.js";
+  runDuration, runLabel, projectUrl, timeAgo, KIND_ORDER } from "./lib.js";
 import { mountCompare } from "./compare.js";
+import { mountRunPanels } from "./run-panels.js";
 
 const runId = document.body.dataset.run;
 const status = document.getElementById("status");
@@ -24,6 +25,14 @@ async function main() {
   const projectLink = document.getElementById("project-link");
   projectLink.textContent = run.project;
   projectLink.href = projectUrl(run.project);
+
+  // One line above the charts: what a person checks first.
+  const head = document.getElementById("run-head");
+  head.append(...[el("span", { class: "badge status-" + String(run.status).replace(/[^a-z]/g, ""), text: run.status }),
+    el("span", { class: "muted" }, "created ", timeAgo(run.created_at)),
+    el("span", { class: "muted", text: "duration " + fmtDuration(runDuration(run)) }),
+    run.group ? el("span", { class: "muted" }, "group ", el("span", { class: "mono", text: run.group })) : null,
+    ...(run.tags || []).map((t) => el("span", { class: "tag", text: t }))].filter(Boolean));
 
   const facts = document.getElementById("facts");
   fact(facts, "id", el("span", { class: "mono", text: run.id }));
@@ -79,8 +88,15 @@ async function main() {
     }
   }).catch((err) => { alertsStatus.textContent = "Could not load the alerts: " + err.message; });
 
-  if (entries.length) mountCompare(document.getElementById("compare"), { fixedRuns: [run.id], urlState: true });
-  else clear(document.getElementById("compare")).append(el("p", { class: "muted", text: "This run has no series yet." }));
+  const compareRoot = document.getElementById("compare");
+  if (entries.length) {
+    mountCompare(compareRoot, { fixedRuns: [run.id], urlState: true });
+    mountRunPanels(compareRoot, { search: document.getElementById("panel-search"), count: document.getElementById("panel-count"),
+      expandAll: document.getElementById("expand-all"), collapseAll: document.getElementById("collapse-all") });
+  } else {
+    document.getElementById("panel-tools").hidden = true;
+    clear(compareRoot).append(el("p", { class: "muted", text: "This run has no series yet." }));
+  }
 }
 
 main();
