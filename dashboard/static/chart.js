@@ -1,74 +1,47 @@
 // One chart panel on top of uPlot (global `uPlot`, served from /static/vendor).
 //
-// A panel shows one series key for several runs. Each run brings its downsampled buckets
-// (x, last, min, max, nonfinite); the panel draws
-//   - the bucket's last value as the run's line (raw line faint behind when smoothing),
+// A panel shows one series key for several runs (or groups of runs). Each line brings its downsampled
+// buckets (x, last, min, max, nonfinite); the panel draws
+//   - the bucket's last value as the line (raw line faint behind when smoothing),
 //   - the min..max band of each bucket (so a one-step spike stays visible at any zoom),
 //   - a red tick at the top for every bucket holding NaN/Inf,
 //   - dashed alert markers at their onset, with the message on hover,
-// and a readout of every run's value under the cursor. Zoom (drag) and reset (double-click) are
-// reported to the owner, which fetches finer buckets from the server.
+//   - points where a line is sparse (evaluations, a one-point series),
+// and a readout of every line's value under the cursor, sorted by that value. Zoom (drag) and reset
+// (double-click) are reported to the owner, which fetches finer buckets from the server; so are a click
+// on a readout row (hide/show) and hovering a line or a row (highlight in every panel).
+//
+// Cost: the x-aligned raw columns are built once per setData(); a view change (smoothing, log scale,
+// y range, hidden lines) only recomputes what it changes and calls uPlot's setData, never a rebuild.
 
 import { el, clear, fmtNum, fmtAxis, fmtDuration } from "./lib.js";
+import { smoothEMA, nearestIndex, quantile, logSplits, linearSplits, fin, toLog, LOG_MIN, LOG_MAX } from "./chart-math.js";
+import { drawBandLayer, drawMarkers } from "./chart-layers.js";
 
-/** TensorBoard's debiased exponential moving average (scalars plugin), NaN/Inf passed through. */
-export function smoothEMA(values, weight) {
-  const out = new Array(values.length);
-  if (!(weight > 0)) {
-    for (let i = 0; i < values.length; i++) out[i] = values[i];
-    return out;
-  }
-  let first = null, constant = true;
-  for (const v of values) {
-    if (v === null) continue;
-    if (first === null) first = v; else if (v !== first) { constant = false; break; }
-  }
-  let last = 0, numAccum = 0;
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i];
-    if (v === null) { out[i] = null; continue; }
-    if (constant || !Number.isFinite(v)) { out[i] = v; continue; }
-    last = last * weight + (1 - weight) * v;
-    numAccum++;
-    const debias = weight === 1 ? 1 : 1 - Math.pow(weight, numAccum);
-    out[i] = last / debias;
-  }
-  return out;
-}
-
-function lowerBound(xs, x) {
-  let lo = 0, hi = xs.length;
-  while (lo < hi) { const mid = (lo + hi) >> 1; if (xs[mid] < x) lo = mid + 1; else hi = mid; }
-  return lo;
-}
-
-/** Index of the point of xs nearest to x (xs sorted), or -1. */
-export function nearestIndex(xs, x) {
-  if (!xs.length) return -1;
-  const i = lowerBound(xs, x);
-  if (i <= 0) return 0;
-  if (i >= xs.length) return xs.length - 1;
-  return x - xs[i - 1] <= xs[i] - x ? i - 1 : i;
-}
-
-const fin = (v) => v !== null && Number.isFinite(v);
+export { smoothEMA, nearestIndex, quantile, logSplits, linearSplits } from "./chart-math.js";
 
 let panelCounter = 0;
 
 export class Panel {
   /**
-   * opts: {key, kind, title, syncKey, onZoom(xmin, xmax), onReset(), xMode, pngName}
+   * opts: {key, kind, title, syncKey, stacked, height, pngName,
+   *        onZoom(xmin, xmax), onReset(), onToggle(id), onHighlight(id | null)}
    */
   constructor(container, opts) {
     this.opts = opts;
     this.id = ++panelCounter;
     this.key = opts.key;
-    this.runs = []; // [{id, label, color, xs, last, min, max, nonfinite, steps, lastSteps}]
-    this.alerts = []; // [{x, message, severity, color}]
-    this.view = { smoothing: 0, log: false, bands: true, xMode: "step", xRange: null };
+    this.runs = []; // [{id, label, color, colorFaint, colorBand, colorFill, xs, last, min, max, nonfinite, steps, lastSteps}]
+    this.alerts = []; // [{x, text, severity, color}]
+    this.view = { smoothing: 0, log: false, bands: true, xMode: "step", xRange: null, hidden: new Set(),
+      outliers: false, ylim: null };
     this.u = null;
     this.signature = "";
     this.drawnOnce = false;
+    this.cache = null;
+    this.logDropped = 0;
+    this.highlighted = null;
+    this.lastX = null;
 
     this.root = el("section", { class: "panel", dataset: { key: opts.key, kind: opts.kind || "" } });
     const title = el("h3", { class: "panel-title", title: opts.key, text: opts.title || opts.key });
@@ -79,63 +52,147 @@ export class Panel {
     this.header = el("div", { class: "panel-head" }, title, el("span", { class: "kind", text: opts.kind || "" }),
       el("span", { class: "spacer" }), this.toolbar);
     this.plotBox = el("div", { class: "plot" });
+    this.note = el("p", { class: "panel-note muted small", hidden: true });
     this.readout = el("div", { class: "readout" });
     this.tooltip = el("div", { class: "marker-tip", hidden: true, role: "tooltip" });
     this.empty = el("p", { class: "muted empty", text: "no data yet", hidden: true });
-    this.root.append(this.header, this.plotBox, this.empty, this.readout);
+    this.root.append(this.header, this.plotBox, this.empty, this.note, this.readout);
     container.append(this.root);
+    this.readout.addEventListener("click", (e) => {
+      const row = e.target.closest(".readout-row");
+      if (row && this.opts.onToggle) this.opts.onToggle(row.dataset.id);
+    });
+    this.readout.addEventListener("mouseover", (e) => {
+      const row = e.target.closest(".readout-row");
+      if (row && this.opts.onHighlight) this.opts.onHighlight(row.dataset.id);
+    });
+    this.readout.addEventListener("mouseleave", () => this.opts.onHighlight && this.opts.onHighlight(null));
+    // A panel far outside the viewport is redrawn when it comes near it, not on every view change.
+    this.onscreen = null;
+    this.dirty = false;
+    if (typeof IntersectionObserver === "function") {
+      this.observer = new IntersectionObserver((entries) => {
+        for (const e of entries) this.onscreen = e.isIntersecting;
+        if (this.onscreen && this.dirty) this.flush();
+      }, { rootMargin: "200px 0px" });
+      this.observer.observe(this.root);
+    }
   }
 
-  /** Pixels available for the plot: what the owner asks the server for, in buckets. */
+  /** Draw what a deferred render() left; info() and the PNG call it, so they never see stale state. */
+  flush() {
+    if (!this.dirty) return;
+    this.dirty = false;
+    this.render();
+    if (this.highlightWanted !== undefined) { const id = this.highlightWanted; this.highlightWanted = undefined; this.highlighted = undefined; this.highlight(id); }
+  }
+
+  /** Pixels available for the plot: what the owner asks the server for, in buckets. Read from the
+   * layout once (and again on resize): reading it per line would force a layout per read. */
   width() {
-    return Math.max(200, Math.floor(this.plotBox.clientWidth || this.root.clientWidth || 600));
+    if (this._width) return this._width;
+    const w = this.plotBox.clientWidth || this.root.clientWidth;
+    if (w) this._width = Math.max(200, Math.floor(w)); // not while hidden (0): read again next time
+    return this._width || 600;
   }
 
   setView(view) {
     this.view = { ...this.view, ...view };
   }
 
-  /** Replace the data; rebuild the chart only when its series structure changed. */
+  /** Replace the data (new x-aligned columns), then draw. */
   setData(runs, alerts = []) {
     this.runs = runs;
     this.alerts = alerts;
-    const withData = runs.filter((r) => r.xs.length);
+    this.cache = null;
+    this.dataVersion = (this.dataVersion || 0) + 1;
+    this.render();
+  }
+
+  _isHidden(r) {
+    return this.view.hidden.has(r.id);
+  }
+
+  _showPoints(r) {
+    // Sparse lines (fewer than one point per 6 px, e.g. evaluations) and one-point lines get markers.
+    return r.xs.length > 0 && r.xs.length * 6 <= this.width();
+  }
+
+  /** Draw with the current view: rebuild uPlot only when the series structure changed. */
+  render() {
+    if (this.onscreen === false) { this.dirty = true; return; }
+    const withData = this.runs.filter((r) => r.xs.length);
     this.empty.hidden = withData.length > 0;
     const smoothing = this.view.smoothing > 0;
-    const signature = JSON.stringify([runs.map((r) => r.id + "\u0000" + r.label), smoothing, this.view.log,
+    const signature = JSON.stringify([this.runs.map((r) => [r.id, r.label, r.color, this._showPoints(r)]), smoothing,
       this.view.xMode, this.opts.stacked || false]);
-    const data = this._alignedData();
+    const data = this._data();
     if (!this.u || signature !== this.signature) {
       this.signature = signature;
       this._create(data);
     } else {
+      this._applyHidden();
       this.u.setData(data, true);
     }
+    this._updateNote();
     this.drawnOnce = this.drawnOnce || withData.length > 0;
-    this._updateReadout(null);
+    this._updateReadout(this.lastX);
   }
 
-  _yValue(v) {
-    if (!fin(v)) return null;
-    if (this.view.log && v <= 0) return null;
-    return v;
-  }
-
-  /** [xs, run0 raw, (run0 smooth), run1 raw, ...] aligned with uPlot.join. */
-  _alignedData() {
-    if (this.opts.stacked) return this._stackedData();
-    const smoothing = this.view.smoothing;
-    const tables = [];
-    for (const r of this.runs) {
-      const raw = r.last.map((v) => this._yValue(v));
-      const table = [r.xs, raw];
-      if (smoothing > 0) table.push(smoothEMA(r.last.map((v) => (v === null ? null : v)), smoothing)
-        .map((v) => this._yValue(v)));
-      tables.push(table);
+  /** x-aligned raw columns, kept until the data changes: {xs, cols, maps}. */
+  _aligned() {
+    if (this.cache) return this.cache;
+    const tables = this.runs.map((r) => [r.xs, r.last.map((v) => (fin(v) ? v : null))]); // NaN/Inf: marked, not drawn
+    let xs, cols;
+    if (!tables.length) { xs = []; cols = []; } else if (tables.length === 1) { xs = tables[0][0]; cols = [tables[0][1]]; } else {
+      const joined = uPlot.join(tables);
+      xs = joined[0];
+      cols = joined.slice(1);
     }
-    if (!tables.length) return [[]];
-    if (tables.length === 1) return tables[0];
-    return uPlot.join(tables);
+    // Where each run's points sit in xs, to place smoothed values without another join.
+    const maps = this.runs.map((r) => {
+      const m = new Int32Array(r.xs.length);
+      let j = 0;
+      for (let i = 0; i < r.xs.length; i++) { while (xs[j] < r.xs[i]) j++; m[i] = j; }
+      return m;
+    });
+    this.cache = { xs, cols, maps, smooth: new Map() };
+    return this.cache;
+  }
+
+  /**
+   * [xs, run0 raw, (run0 smooth), run1 raw, ...] for uPlot. On a log scale the values go to uPlot as
+   * log10(v), ≤ 0 left out, on a linear axis whose ticks are labelled 10^t: a toggle is new data, not a
+   * new chart, and uPlot's own log axis (which loops on some ranges) is never used.
+   */
+  _data() {
+    if (this.opts.stacked) return this._stackedData();
+    const { xs, cols, maps, smooth } = this._aligned();
+    const weight = this.view.smoothing, log = this.view.log;
+    const data = [xs];
+    let dropped = 0;
+    this.runs.forEach((r, k) => {
+      let raw = cols[k];
+      if (log) {
+        raw = raw.map(toLog);
+        if (!this._isHidden(r)) for (const v of r.last) if (fin(v) && v <= 0) dropped++;
+      }
+      data.push(raw);
+      if (weight > 0) {
+        let s = smooth.get(r.id);
+        if (!s || s.weight !== weight) {
+          const ema = smoothEMA(r.last, weight);
+          const col = new Array(xs.length).fill(undefined); // undefined: no point here (spanned); null: a gap
+          const m = maps[k];
+          for (let i = 0; i < ema.length; i++) col[m[i]] = fin(ema[i]) ? ema[i] : null;
+          s = { weight, ema, col };
+          smooth.set(r.id, s);
+        }
+        data.push(log ? s.col.map(toLog) : s.col);
+      }
+    });
+    this.logDropped = dropped;
+    return data;
   }
 
   /** Stacked contributions: [xs, cumulative top ... bottom, total]; gaps carry the last value. */
@@ -162,36 +219,74 @@ export class Panel {
     });
     const data = [xs, ...cumulative.reverse()];
     if (total) data.push(joined[1 + comps.length].map((v) => (fin(v) ? v : null)));
+    this.logDropped = 0;
     return data;
   }
 
+  _updateNote() {
+    const bits = [];
+    if (this.view.log && !this.opts.stacked) {
+      if (this.logDropped) bits.push(`log scale: ${this.logDropped} point${this.logDropped === 1 ? "" : "s"} ≤ 0 left out`);
+    }
+    if (this.view.ylim) bits.push("y range set by hand");
+    else if (this.view.outliers && !this.opts.stacked) bits.push("y range: 5th–95th percentile (outliers ignored)");
+    this.note.textContent = bits.join(" · ");
+    this.note.hidden = !bits.length;
+  }
+
   _yRange(dataMin, dataMax) {
-    if (this.opts.stacked) {
+    const log = this.view.log && !this.opts.stacked;
+    const lim = this.view.ylim;
+    if (this.opts.stacked && !lim) {
       const lo = Math.min(0, dataMin ?? 0), hi = Math.max(dataMax ?? 1, lo + 1e-12);
       return [lo, hi + (hi - lo) * 0.05];
     }
-    // Include the bands (bucket min/max) so a spike is never clipped, and the NaN ticks' row.
     let lo = Infinity, hi = -Infinity;
     const xr = this.view.xRange;
-    for (const r of this.runs) {
-      for (let i = 0; i < r.xs.length; i++) {
-        if (xr && (r.xs[i] < xr[0] || r.xs[i] > xr[1])) continue;
-        for (const v of [r.min[i], r.max[i], r.last[i]]) {
-          if (!fin(v) || (this.view.log && v <= 0)) continue;
-          if (v < lo) lo = v;
-          if (v > hi) hi = v;
+    const ok = (v) => fin(v) && (!log || (v > LOG_MIN && v < LOG_MAX));
+    if (this.view.outliers && !this.opts.stacked) {
+      // TensorBoard's and W&B's "ignore outliers": the 5th..95th percentile of the lines in view.
+      const vals = [];
+      for (const r of this.runs) {
+        if (this._isHidden(r)) continue;
+        for (let i = 0; i < r.xs.length; i++) {
+          if (xr && (r.xs[i] < xr[0] || r.xs[i] > xr[1])) continue;
+          if (ok(r.last[i])) vals.push(r.last[i]);
+        }
+      }
+      vals.sort((a, b) => a - b);
+      if (vals.length) { lo = quantile(vals, 0.05); hi = quantile(vals, 0.95); }
+    } else {
+      // Include the bands (bucket min/max) so a spike is never clipped.
+      for (const r of this.runs) {
+        if (this._isHidden(r) && !this.opts.stacked) continue;
+        for (let i = 0; i < r.xs.length; i++) {
+          if (xr && (r.xs[i] < xr[0] || r.xs[i] > xr[1])) continue;
+          for (const v of [r.min[i], r.max[i], r.last[i]]) {
+            if (!ok(v)) continue;
+            if (v < lo) lo = v;
+            if (v > hi) hi = v;
+          }
         }
       }
     }
-    if (lo === Infinity) { lo = dataMin; hi = dataMax; }
-    if (lo === null || hi === null || !Number.isFinite(lo) || !Number.isFinite(hi)) return this.view.log ? [0.1, 10] : [0, 1];
-    if (this.view.log) {
+    if (lo === Infinity && fin(dataMin) && fin(dataMax)) [lo, hi] = log ? [10 ** dataMin, 10 ** dataMax] : [dataMin, dataMax];
+    if (lim) {
+      if (lim[0] !== null && (!log || lim[0] > 0)) lo = lim[0];
+      if (lim[1] !== null && (!log || lim[1] > 0)) hi = lim[1];
+      if (fin(lo) && fin(hi) && hi > lo && lim[0] !== null && lim[1] !== null) return log ? [Math.log10(lo), Math.log10(hi)] : [lo, hi];
+    }
+    if (!fin(lo) || !fin(hi)) return log ? [-1, 1] : [0, 1];
+    if (hi < lo) [lo, hi] = [hi, lo];
+    if (log) {
       const l = Math.log10(lo), h = Math.log10(hi), pad = Math.max((h - l) * 0.05, 0.05);
-      return [Math.pow(10, l - pad), Math.pow(10, h + pad)];
+      const a = lim && lim[0] !== null ? lo : Math.max(LOG_MIN, Math.pow(10, l - pad));
+      const b = lim && lim[1] !== null ? hi : Math.min(LOG_MAX, Math.pow(10, h + pad));
+      return b > a ? [Math.log10(a), Math.log10(b)] : [Math.log10(a), Math.log10(a) + 1];
     }
     if (lo === hi) { const d = Math.abs(lo) * 0.1 || 1; return [lo - d, hi + d]; }
     const pad = (hi - lo) * 0.05;
-    return [lo - pad, hi + pad];
+    return [lim && lim[0] !== null ? lo : lo - pad, lim && lim[1] !== null ? hi : hi + pad];
   }
 
   _create(data) {
@@ -199,149 +294,128 @@ export class Panel {
     clear(this.plotBox);
     const smoothing = this.view.smoothing > 0;
     const series = [{}];
+    this.seriesRuns = [null]; // uPlot series index -> line id
+    this.rawSeries = new Set(); // indices of the raw lines (hidden in uPlot while smoothing)
     if (this.opts.stacked) {
       const comps = this.runs.filter((r) => !r.isTotal);
       for (const r of comps.slice().reverse()) {
         series.push({ label: r.label, stroke: r.color, fill: r.colorFill, width: 1, spanGaps: true, points: { show: false } });
+        this.seriesRuns.push(r.id);
       }
       const total = this.runs.find((r) => r.isTotal);
-      if (total) series.push({ label: total.label, stroke: "#111", width: 1.5, dash: [6, 3], spanGaps: true, points: { show: false } });
+      if (total) {
+        series.push({ label: total.label, stroke: "#111", width: 1.5, dash: [6, 3], spanGaps: true, points: { show: false } });
+        this.seriesRuns.push(total.id);
+      }
     }
+    // NaN/Inf are bridged; on a log axis the points left out (≤ 0) break the line.
+    const gaps = (u, i, i0, i1, nullGaps) => (this.view.log ? nullGaps : []);
     for (const r of this.opts.stacked ? [] : this.runs) {
+      const points = { show: this._showPoints(r), size: 6, width: 1, fill: r.color, stroke: r.color };
+      const show = !this._isHidden(r);
+      // With smoothing, the faint raw line is drawn on the band layer (it does not change with the
+      // weight); its uPlot series stays, hidden, so that the series keep their places.
       series.push({ label: r.label, stroke: smoothing ? r.colorFaint : r.color, width: smoothing ? 1 : 1.5,
-        spanGaps: true, points: { show: false } });
-      if (smoothing) series.push({ label: r.label + " (smoothed)", stroke: r.color, width: 1.75, spanGaps: true,
-        points: { show: false } });
+        spanGaps: false, gaps, points: smoothing ? { show: false } : points, show: show && !smoothing });
+      this.seriesRuns.push(r.id);
+      this.rawSeries.add(series.length - 1);
+      if (smoothing) {
+        series.push({ label: r.label + " (smoothed)", stroke: r.color, width: 1.75, spanGaps: false, gaps, points, show });
+        this.seriesRuns.push(r.id);
+      }
     }
     const xMode = this.view.xMode;
-    const axes = [
-      { stroke: "#555", grid: { stroke: "#eee" }, ticks: { stroke: "#ddd" } },
-      { stroke: "#555", grid: { stroke: "#eee" }, ticks: { stroke: "#ddd" }, size: 64,
-        values: (u, splits) => splits.map((v) => fmtAxis(v)) },
-    ];
+    const self = this;
+    const logView = () => self.view.log && !self.opts.stacked;
+    const yAxis = { stroke: "#555", grid: { stroke: "#eee" }, ticks: { stroke: "#ddd" }, size: 64,
+      splits: (u, i, min, max, incr) => (logView() ? logSplits(10 ** min, 10 ** max).map(Math.log10) : linearSplits(min, max, incr)),
+      values: (u, splits) => splits.map((v) => fmtAxis(logView() ? Number((10 ** v).toPrecision(12)) : v)),
+      filter: (u, splits) => splits };
+    const axes = [{ stroke: "#555", grid: { stroke: "#eee" }, ticks: { stroke: "#ddd" } }, yAxis];
     if (xMode === "relative") axes[0].values = (u, splits) => splits.map((v) => fmtDuration(v));
     else if (xMode === "step") axes[0].values = (u, splits) => splits.map((v) => fmtAxis(v));
-    const self = this;
     const opts = {
       width: this.width(),
       height: this.opts.height || 240,
       series,
       legend: { show: false },
+      focus: { alpha: 0.25 },
       scales: {
-        x: { time: xMode === "wall", range: (u, min, max) => (self.view.xRange ? self.view.xRange.slice() : [min, max]) },
-        y: { distr: this.view.log && !this.opts.stacked ? 3 : 1, log: 10, range: (u, min, max) => self._yRange(min, max) },
+        x: { time: xMode === "wall", range: (u, min, max) => self._xRange(min, max) },
+        y: { range: (u, min, max) => self._yRange(min, max) },
       },
       axes,
       cursor: {
         sync: { key: this.opts.syncKey || "losswatch", setSeries: false },
         drag: { x: true, y: false, setScale: false },
         points: { size: 6 },
+        focus: { prox: this.opts.stacked ? -1 : 12 },
       },
       hooks: {
-        drawAxes: [(u) => self._drawBands(u)],
-        draw: [(u) => self._drawMarkers(u)],
+        draw: [(u) => { drawMarkers(self, u); drawBandLayer(self, u); }],
         setCursor: [(u) => self._onCursor(u)],
         setSelect: [(u) => self._onSelect(u)],
+        setSeries: [(u, i, o) => self._onSeries(i, o)],
       },
     };
+    this.bandSig = null;
+    this.bandCanvas = el("canvas", { class: "band-layer" });
     this.u = new uPlot(opts, data, this.plotBox);
+    this.u.under.append(this.bandCanvas);
+    drawBandLayer(this, this.u);
     this.u.over.append(this.tooltip);
     this.u.over.addEventListener("dblclick", () => this.opts.onReset && this.opts.onReset());
-    this.u.over.addEventListener("mouseleave", () => { this.tooltip.hidden = true; this._updateReadout(null); });
+    this.u.over.addEventListener("mouseleave", () => {
+      this.tooltip.hidden = true;
+      this.lastX = null;
+      this._updateReadout(null);
+      if (this.opts.onHighlight) this.opts.onHighlight(null);
+    });
+    this.highlighted = null;
+  }
+
+  _xRange(min, max) {
+    if (this.view.xRange) return this.view.xRange.slice();
+    if (min === max && fin(min)) return [min - 1, max + 1];
+    return [min, max];
+  }
+
+  _applyHidden() {
+    if (!this.u || this.opts.stacked) return;
+    const smoothing = this.view.smoothing > 0;
+    for (let i = 1; i < this.u.series.length; i++) {
+      const show = !this.view.hidden.has(this.seriesRuns[i]) && !(smoothing && this.rawSeries.has(i));
+      if (this.u.series[i].show !== show) this.u.setSeries(i, { show }, false);
+    }
+  }
+
+  /** Highlight one line (others dimmed), or none. Called by the owner for every panel. */
+  highlight(id) {
+    if (!this.u || this.opts.stacked || id === this.highlighted) return;
+    if (this.onscreen === false) { this.highlightWanted = id; this.dirty = true; return; }
+    this.highlighted = id;
+    let idx = null;
+    if (id !== null) {
+      for (let i = this.seriesRuns.length - 1; i > 0; i--) if (this.seriesRuns[i] === id) { idx = i; break; }
+      if (idx === null) id = null;
+    }
+    this._quiet = true;
+    this.u.setSeries(idx, { focus: true }, false);
+    this._quiet = false;
+    for (const row of this.readout.children) row.classList.toggle("hot", id !== null && row.dataset.id === id);
+  }
+
+  _onSeries(i, o) {
+    // uPlot's own focus (the cursor near a line): tell the owner, which highlights it everywhere.
+    if (this._quiet || !o || o.focus === undefined || !this.opts.onHighlight) return;
+    const id = i === null || i === undefined ? null : this.seriesRuns[i];
+    this.highlighted = id;
+    this.opts.onHighlight(id);
   }
 
   resize() {
+    this._width = null;
     if (this.u) this.u.setSize({ width: this.width(), height: this.opts.height || 240 });
-  }
-
-  _clip(u, ctx) {
-    ctx.save();
-    ctx.beginPath();
-    ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height);
-    ctx.clip();
-  }
-
-  _drawBands(u) {
-    if (!this.view.bands || this.opts.stacked) return;
-    const ctx = u.ctx;
-    this._clip(u, ctx);
-    for (const r of this.runs) {
-      ctx.fillStyle = r.colorBand;
-      ctx.strokeStyle = r.colorBand;
-      ctx.lineWidth = 1;
-      // One polygon per run of consecutive buckets with finite min/max; isolated buckets as ticks.
-      let start = -1;
-      const flush = (a, b) => {
-        if (a < 0) return;
-        if (b === a) {
-          const x = u.valToPos(r.xs[a], "x", true);
-          const y0 = this._pos(u, r.min[a]), y1 = this._pos(u, r.max[a]);
-          if (y0 !== null && y1 !== null) { ctx.beginPath(); ctx.moveTo(x, y0); ctx.lineTo(x, y1); ctx.stroke(); }
-          return;
-        }
-        ctx.beginPath();
-        for (let i = a; i <= b; i++) ctx.lineTo(u.valToPos(r.xs[i], "x", true), this._pos(u, r.max[i]));
-        for (let i = b; i >= a; i--) ctx.lineTo(u.valToPos(r.xs[i], "x", true), this._pos(u, r.min[i]));
-        ctx.closePath();
-        ctx.fill();
-        ctx.stroke();
-      };
-      for (let i = 0; i < r.xs.length; i++) {
-        const ok = fin(r.min[i]) && fin(r.max[i]) && (!this.view.log || r.min[i] > 0) && r.max[i] > r.min[i];
-        if (ok && start < 0) start = i;
-        if (!ok && start >= 0) { flush(start, i - 1); start = -1; }
-      }
-      if (start >= 0) flush(start, r.xs.length - 1);
-    }
-    ctx.restore();
-  }
-
-  _pos(u, v) {
-    if (!fin(v)) return null;
-    if (this.view.log && v <= 0) return null;
-    return u.valToPos(v, "y", true);
-  }
-
-  _drawMarkers(u) {
-    const ctx = u.ctx;
-    const dpr = devicePixelRatio || 1;
-    this._clip(u, ctx);
-    const top = u.bbox.top, bottom = u.bbox.top + u.bbox.height;
-    // Non-finite values: a red triangle at the top of the plot at the bucket's x.
-    ctx.fillStyle = "#d40000";
-    for (const r of this.runs) {
-      for (let i = 0; i < r.xs.length; i++) {
-        if (!r.nonfinite[i]) continue;
-        const x = u.valToPos(r.xs[i], "x", true);
-        ctx.beginPath();
-        ctx.moveTo(x - 4 * dpr, top);
-        ctx.lineTo(x + 4 * dpr, top);
-        ctx.lineTo(x, top + 7 * dpr);
-        ctx.closePath();
-        ctx.fill();
-      }
-    }
-    // Alerts: a dashed vertical line at the onset and a flag at the bottom.
-    for (const a of this.alerts) {
-      if (a.x === null || a.x === undefined) continue;
-      const x = u.valToPos(a.x, "x", true);
-      ctx.strokeStyle = a.color;
-      ctx.lineWidth = 1.5 * dpr;
-      ctx.setLineDash([4 * dpr, 3 * dpr]);
-      ctx.beginPath();
-      ctx.moveTo(x, top);
-      ctx.lineTo(x, bottom);
-      ctx.stroke();
-      ctx.setLineDash([]);
-      ctx.fillStyle = a.color;
-      ctx.beginPath();
-      ctx.moveTo(x, bottom);
-      ctx.lineTo(x + 8 * dpr, bottom - 5 * dpr);
-      ctx.lineTo(x, bottom - 10 * dpr);
-      ctx.closePath();
-      ctx.fill();
-    }
-    ctx.restore();
   }
 
   _onSelect(u) {
@@ -356,8 +430,9 @@ export class Panel {
 
   _onCursor(u) {
     const left = u.cursor.left;
-    if (left === null || left === undefined || left < 0) { this._updateReadout(null); this.tooltip.hidden = true; return; }
+    if (left === null || left === undefined || left < 0) { this.lastX = null; this._updateReadout(null); this.tooltip.hidden = true; return; }
     const x = u.posToVal(left, "x");
+    this.lastX = x;
     this._updateReadout(x);
     // Alert under the cursor (within 6 css px): show its message.
     let hit = null;
@@ -381,24 +456,37 @@ export class Panel {
     return "step " + fmtNum(Math.round(x));
   }
 
-  _updateReadout(x) {
-    clear(this.readout);
+  /** Every line's value at x (its last point when x is null), sorted high to low; hidden lines last. */
+  readoutRows(x) {
     const smoothing = this.view.smoothing;
-    for (const r of this.runs) {
-      const row = el("div", { class: "readout-row" },
+    const smooth = this.cache ? this.cache.smooth : new Map();
+    const rows = this.runs.map((r) => {
+      const i = x === null || x === undefined ? r.xs.length - 1 : nearestIndex(r.xs, x);
+      if (i < 0 || i >= r.xs.length) return { r, i: -1, sort: null };
+      let value = r.last[i];
+      let text = fmtNum(value);
+      if (smoothing > 0 && !this.opts.stacked) {
+        const s = smooth.get(r.id);
+        const sv = s && s.weight === smoothing ? s.ema[i] : value;
+        text = `${fmtNum(sv)} (raw ${fmtNum(value)})`;
+        value = sv;
+      }
+      return { r, i, text, sort: fin(value) ? value : null };
+    });
+    const rank = (row) => (this._isHidden(row.r) ? 2 : row.sort === null ? 1 : 0);
+    rows.sort((a, b) => rank(a) - rank(b) || (a.sort !== null && b.sort !== null ? b.sort - a.sort : 0));
+    return rows;
+  }
+
+  _updateReadout(x) {
+    const rows = [];
+    for (const { r, i, text } of this.readoutRows(x)) {
+      const hidden = this._isHidden(r);
+      const row = el("div", { class: "readout-row" + (hidden ? " off" : "") + (r.id === this.highlighted ? " hot" : ""),
+        dataset: { id: r.id }, title: hidden ? "hidden: click to show" : "click to hide" },
         el("span", { class: "swatch", style: `background:${r.color}` }),
-        el("span", { class: "readout-label", text: r.label, title: r.id }));
-      let i = -1;
-      if (x === null) i = r.xs.length - 1; else i = nearestIndex(r.xs, x);
-      if (i >= 0 && i < r.xs.length) {
-        const v = r.last[i];
-        let text = fmtNum(v);
-        if (smoothing > 0) {
-          r.smoothed = r.smoothed && r.smoothed.length === r.last.length && r.smoothedWeight === smoothing
-            ? r.smoothed : smoothEMA(r.last, smoothing);
-          r.smoothedWeight = smoothing;
-          text = `${fmtNum(r.smoothed[i])} (raw ${fmtNum(v)})`;
-        }
+        el("span", { class: "readout-label", text: r.label, title: r.label }));
+      if (i >= 0) {
         const bits = [text];
         if (r.width > 1 && fin(r.min[i]) && fin(r.max[i])) bits.push(`min ${fmtNum(r.min[i])} max ${fmtNum(r.max[i])}`);
         if (r.nonfinite[i]) bits.push(`${r.nonfinite[i]} non-finite`);
@@ -407,43 +495,57 @@ export class Panel {
       } else {
         row.append(el("span", { class: "readout-value muted", text: "—" }));
       }
-      this.readout.append(row);
+      rows.push(row);
     }
+    this.readout.replaceChildren(...rows);
   }
 
   /** Summary for tests and the benchmark: what the chart holds, not its pixels. */
   info() {
+    this.flush();
+    const u = this.u;
     return {
       key: this.key, kind: this.opts.kind, stacked: !!this.opts.stacked,
       runs: this.runs.map((r) => r.id),
+      labels: this.runs.map((r) => r.label),
+      colors: this.runs.map((r) => r.color),
       points: this.runs.map((r) => r.xs.length),
       widths: this.runs.map((r) => r.width),
       nonfinite: this.runs.map((r) => r.nonfinite.reduce((a, b) => a + (b ? 1 : 0), 0)),
       alerts: this.alerts.length,
-      series: this.u ? this.u.series.length - 1 : 0,
-      drawn: !!(this.u && this.drawnOnce),
+      series: u ? u.series.length - 1 : 0,
+      shown: u ? u.series.slice(1).map((s) => s.show) : [],
+      markers: this.opts.stacked ? [] : this.runs.map((r) => this._showPoints(r)),
+      drawn: !!(u && this.drawnOnce),
       log: this.view.log, smoothing: this.view.smoothing, xMode: this.view.xMode,
-      xScale: this.u ? [this.u.scales.x.min, this.u.scales.x.max] : null,
+      logDropped: this.logDropped, note: this.note.hidden ? "" : this.note.textContent,
+      xScale: u ? [u.scales.x.min, u.scales.x.max] : null,
+      yScale: u ? [u.scales.y.min, u.scales.y.max].map((v) => (this.view.log && !this.opts.stacked ? 10 ** v : v)) : null,
+      highlighted: this.highlighted,
+      readout: [...this.readout.children].map((row) => row.dataset.id),
     };
   }
 
   /** The panel as a PNG: title, the chart canvas (bands, markers, axes included), the run labels. */
   toCanvas() {
+    this.flush();
     const src = this.u.ctx.canvas;
     const dpr = devicePixelRatio || 1;
     const head = Math.round(28 * dpr), rowH = Math.round(16 * dpr);
+    const shown = this.runs.filter((r) => !this._isHidden(r));
     const out = document.createElement("canvas");
     out.width = src.width;
-    out.height = src.height + head + rowH * this.runs.length + Math.round(8 * dpr);
+    out.height = src.height + head + rowH * shown.length + Math.round(8 * dpr);
     const ctx = out.getContext("2d");
     ctx.fillStyle = "#fff";
     ctx.fillRect(0, 0, out.width, out.height);
     ctx.fillStyle = "#111";
     ctx.font = `${Math.round(14 * dpr)}px sans-serif`;
     ctx.fillText(this.opts.title || this.key, 8 * dpr, 19 * dpr);
+    if (this.bandCanvas && this.bandCanvas.width) ctx.drawImage(this.bandCanvas, this.u.bbox.left, head + this.u.bbox.top);
     ctx.drawImage(src, 0, head);
     ctx.font = `${Math.round(12 * dpr)}px sans-serif`;
-    this.runs.forEach((r, i) => {
+    shown.forEach((r, i) => {
       const y = src.height + head + rowH * i + Math.round(4 * dpr);
       ctx.fillStyle = r.color;
       ctx.fillRect(8 * dpr, y, 10 * dpr, 10 * dpr);
@@ -467,6 +569,7 @@ export class Panel {
   }
 
   destroy() {
+    if (this.observer) this.observer.disconnect();
     if (this.u) this.u.destroy();
     this.root.remove();
   }

@@ -1,94 +1,30 @@
-// The compare view: one panel per series key, one line per run, all from one /api/v1/query call.
+// The compare view: one panel per series key, one line per run (or per group of runs), all from one
+// /api/v1/query call.
 //
-// View state lives in the URL (see readState/writeState) so a view can be shared. The panels ask
-// for about as many buckets as they are wide in pixels, never for raw points; a zoom asks the
-// server for the visible step range again (finer buckets); running runs are polled every second.
+// Split by concern: compare-state.js (the view state and its URL), compare-data.js (API calls and pure
+// transformations), chart.js (one uPlot panel), compare-view.js (chips, pickers, alerts, sweep section);
+// this module owns the flow between them. The panels ask for about as many buckets as they are wide in
+// pixels, never for raw points; a zoom asks the server for the visible step range again (finer buckets);
+// running runs are polled every second. A view change (smoothing, log scale, hidden runs, y range)
+// never refetches and never rebuilds the x-aligned data; only a data, x-mode or colour change does.
 
-import { el, clear, api, apiUrl, num, fetchAlerts, setStatus, runColor, runHue, runLabel, runUrl, projectUrl,
-  KIND_ORDER, KIND_TITLES, fmtNum } from "./lib.js";
+import { el, clear, api, apiUrl, fetchAlerts, setStatus, runLabel, projectUrl, KIND_ORDER, KIND_TITLES } from "./lib.js";
 import { Panel } from "./chart.js";
+import { PALETTE, assignColors } from "./palette.js";
+import { readState, stateQuery, X_MODES, AGGREGATES } from "./compare-state.js";
+import { fetchRuns, decodeSeries, stackPlan, fieldValue, valueLabel, compareValues, groupFields } from "./compare-data.js";
+import { valueSlots, runColors, panelLine, groupLine, stepToX, singleXRange } from "./compare-lines.js";
+import { renderChips, renderKeysPicker, renderExport, renderAddRuns, renderAlerts, renderSweep, renderYLimit } from "./compare-view.js";
 
-const RUN_ID = /^[A-Za-z0-9_-]{1,64}$/;
-const X_MODES = ["step", "wall", "relative"];
+export { readState, stateQuery } from "./compare-state.js";
+export { stackPlan } from "./compare-data.js";
+export { singleXRange } from "./compare-lines.js";
+
 const LIVE_INTERVAL_MS = 1000;
-
-/** The view state in a query string: runs=a,b&key=k1&key=k2&smooth=0.6&x=step&log=1&start=&end=... */
-export function readState(search, fixedRuns = null) {
-  const p = new URLSearchParams(search);
-  const runs = fixedRuns || (p.get("runs") || "").split(",").map((s) => s.trim()).filter((s) => RUN_ID.test(s));
-  let keys = p.getAll("key");
-  if (!keys.length && p.get("keys")) keys = p.get("keys").split(",");
-  const smooth = Math.min(0.999, Math.max(0, parseFloat(p.get("smooth")) || 0));
-  const int = (name) => { const v = p.get(name); return v !== null && /^\d+$/.test(v) ? Number(v) : null; };
-  let start = int("start"), end = int("end");
-  if (start !== null && end !== null && end <= start) { start = null; end = null; }
-  return {
-    runs: [...new Set(runs)], keys: [...new Set(keys.filter(Boolean))], smooth,
-    x: X_MODES.includes(p.get("x")) ? p.get("x") : "step",
-    log: p.get("log") === "1", bands: p.get("bands") !== "0", stack: p.get("stack") !== "0",
-    stackrun: p.get("stackrun") && RUN_ID.test(p.get("stackrun")) ? p.get("stackrun") : null,
-    start, end,
-  };
-}
-
-export function stateQuery(state, fixedRuns = false) {
-  const p = new URLSearchParams();
-  if (!fixedRuns && state.runs.length) p.set("runs", state.runs.join(","));
-  for (const k of state.keys) p.append("key", k);
-  if (state.smooth > 0) p.set("smooth", String(state.smooth));
-  if (state.x !== "step") p.set("x", state.x);
-  if (state.log) p.set("log", "1");
-  if (!state.bands) p.set("bands", "0");
-  if (!state.stack) p.set("stack", "0");
-  if (state.stackrun) p.set("stackrun", state.stackrun);
-  if (state.start !== null && state.end !== null) { p.set("start", String(state.start)); p.set("end", String(state.end)); }
-  return p.toString();
-}
-
-/**
- * Which loss components to stack for a run, and their total.
- *
- * losswatch.client.torch_helpers.LossComponents logs `train/loss/box` (raw term), `train/loss/box_weighted`
- * (its contribution) and extra terms such as `train/loss/l2` (added as they are), so that the total equals
- * the sum of every `*_weighted` plus the extra terms. Generic rule: take every series of kind
- * loss_component, drop a raw term when its `_weighted` twin exists, keep one top-level group (train/).
- */
-export function stackPlan(run) {
-  const entries = Object.entries((run && run.summary) || {});
-  const all = new Set(entries.filter(([, s]) => s && s.kind === "loss_component").map(([k]) => k));
-  const comps = [...all].filter((k) => !all.has(k + "_weighted"));
-  const losses = entries.filter(([, s]) => s && s.kind === "loss").map(([k]) => k);
-  const top = (k) => (k.includes("/") ? k.slice(0, k.indexOf("/")) : "");
-  const groups = new Map();
-  for (const k of comps) groups.set(top(k), [...(groups.get(top(k)) || []), k]);
-  let best = null;
-  for (const [g, ks] of groups) if (!best || ks.length > best[1].length || (ks.length === best[1].length && g === "train")) best = [g, ks];
-  if (!best || best[1].length < 2) return null;
-  const members = best[1].sort();
-  const total = losses.find((l) => members.every((c) => c.startsWith(l + "/") || c.startsWith(l + "_")))
-    || losses.find((l) => top(l) === best[0]) || null;
-  return { comps: members, total };
-}
 
 function kindRank(kind) {
   const i = KIND_ORDER.indexOf(kind);
   return i < 0 ? KIND_ORDER.length : i;
-}
-
-function decodeSeries(s) {
-  const n = (s.step || []).length;
-  const last = new Array(n), min = new Array(n), max = new Array(n);
-  for (let i = 0; i < n; i++) {
-    const v = num(s.last[i]);
-    last[i] = v === null ? null : v;
-    min[i] = s.min ? num(s.min[i]) : null;
-    max[i] = s.max ? num(s.max[i]) : null;
-  }
-  return {
-    run: s.run, key: s.key, kind: s.kind, width: s.width || 1,
-    step: s.step || [], lastStep: s.last_step || s.step || [], wall: s.wall || [],
-    last, min, max, nonfinite: s.nonfinite || new Array(n).fill(0), count: s.count || [],
-  };
 }
 
 export class Compare {
@@ -99,15 +35,21 @@ export class Compare {
     this.urlState = urlState;
     this.state = readState(urlState ? location.search : "", fixedRuns);
     this.runs = new Map(); // id -> run JSON
+    this.foreign = []; // runs of another project named in the URL: [{id, project}]
     this.series = new Map(); // run + "\u0000" + key -> decoded series
     this.origins = new Map(); // run -> origin of relative time (seconds)
     this.panels = [];
     this.stackPanel = null;
     this.alerts = [];
     this.alertsAvailable = true;
+    this.alertsExpanded = false;
+    this.chipsExpanded = false;
+    this.sweepChoice = {};
     this.queries = [];
+    this.timings = [];
     this.inflight = null;
     this.tick = 0;
+    this.highlighted = null;
     let resolveReady;
     this.ready = new Promise((r) => { resolveReady = r; });
     this._resolveReady = resolveReady;
@@ -117,6 +59,7 @@ export class Compare {
   _build() {
     clear(this.root);
     this.runBar = el("div", { class: "run-chips", id: "run-chips" });
+    this.notice = el("p", { class: "notice", id: "compare-notice", role: "note", hidden: true });
     this.smoothInput = el("input", { type: "range", min: "0", max: "0.99", step: "0.01", id: "smoothing",
       value: String(this.state.smooth), "aria-label": "smoothing" });
     this.smoothText = el("output", { class: "mono", id: "smoothing-value", text: this.state.smooth.toFixed(2) });
@@ -126,12 +69,20 @@ export class Compare {
     this.bandsInput.checked = this.state.bands;
     this.stackInput = el("input", { type: "checkbox", id: "stacked" });
     this.stackInput.checked = this.state.stack;
+    this.outliersInput = el("input", { type: "checkbox", id: "ignore-outliers" });
+    this.outliersInput.checked = this.state.outliers;
     this.xSelect = el("select", { id: "x-axis" }, ...X_MODES.map((m) => el("option", { value: m, text: m === "wall" ? "wall time" : m === "relative" ? "relative time" : "step" })));
     this.xSelect.value = this.state.x;
+    this.groupSelect = el("select", { id: "group-by", "aria-label": "group runs by" });
+    this.aggSelect = el("select", { id: "group-agg", "aria-label": "group line" }, ...AGGREGATES.map((a) => el("option", { value: a, text: a })));
+    this.aggSelect.value = this.state.agg;
+    this.colorSelect = el("select", { id: "color-by", "aria-label": "colour runs by" });
     this.resetButton = el("button", { type: "button", id: "reset-zoom", text: "reset zoom", onclick: () => this.resetZoom() });
     this.liveBadge = el("span", { class: "badge live", id: "live", text: "live", hidden: true, title: "running runs update every second" });
     this.keysBox = el("details", { class: "picker", id: "keys-picker" });
     this.exportBox = el("details", { class: "picker", id: "export" });
+    this.addBox = el("details", { class: "picker", id: "add-runs" });
+    this.sweepBox = el("details", { class: "sweep", id: "sweep" });
     this.statusLine = el("p", { class: "status", role: "status", text: "Loading…" });
     this.alertBar = el("ul", { class: "alerts compact", id: "alert-list" });
     this.panelBox = el("div", { class: "panels", id: "panels" });
@@ -139,18 +90,20 @@ export class Compare {
     const label = (text, input) => el("label", { class: "control" }, text, " ", input);
     this.controls = el("div", { class: "controls" },
       el("label", { class: "control" }, "smoothing ", this.smoothInput, " ", this.smoothText),
-      label("log scale", this.logInput), label("x axis", this.xSelect), label("min/max bands", this.bandsInput),
-      label("stacked contributions", this.stackInput), this.resetButton, this.liveBadge,
-      el("span", { class: "spacer" }), this.keysBox, this.exportBox);
-    this.root.append(this.runBar, this.controls, this.statusLine, this.alertBar, this.panelBox);
+      label("log scale", this.logInput), label("ignore outliers", this.outliersInput), label("x axis", this.xSelect),
+      label("min/max bands", this.bandsInput), label("stacked contributions", this.stackInput),
+      label("group by", this.groupSelect), this.aggSelect, label("colour by", this.colorSelect),
+      this.resetButton, this.liveBadge, el("span", { class: "spacer" }), this.keysBox, this.exportBox);
+    this.root.append(this.runBar, this.notice, this.controls, this.statusLine, this.alertBar, this.sweepBox, this.panelBox);
 
     this.smoothInput.addEventListener("input", () => {
       this.state.smooth = Number(this.smoothInput.value);
       this.smoothText.textContent = this.state.smooth.toFixed(2);
-      this._scheduleRedraw();
+      this._scheduleView();
     });
-    this.logInput.addEventListener("change", () => { this.state.log = this.logInput.checked; this._scheduleRedraw(); });
-    this.bandsInput.addEventListener("change", () => { this.state.bands = this.bandsInput.checked; this._scheduleRedraw(); });
+    this.logInput.addEventListener("change", () => { this.state.log = this.logInput.checked; this._scheduleView(); });
+    this.bandsInput.addEventListener("change", () => { this.state.bands = this.bandsInput.checked; this._scheduleView(); });
+    this.outliersInput.addEventListener("change", () => { this.state.outliers = this.outliersInput.checked; this._scheduleView(); });
     this.stackInput.addEventListener("change", () => {
       this.state.stack = this.stackInput.checked;
       this._writeUrl();
@@ -163,7 +116,11 @@ export class Compare {
       this._rebuildPanels();
       this._distribute();
     });
-    window.addEventListener("resize", () => { for (const p of this._allPanels()) p.resize(); });
+    this.groupSelect.addEventListener("change", () => { this.state.groupby = this.groupSelect.value || null; this._changed(); });
+    this.aggSelect.addEventListener("change", () => { this.state.agg = this.aggSelect.value; this._changed(); });
+    this.colorSelect.addEventListener("change", () => { this.state.colorby = this.colorSelect.value || null; this._changed(); });
+    this.sweepBox.addEventListener("toggle", () => { if (this.sweepBox.open && !this.sweepBox.querySelector("#scatter, p")) this._renderSweep(); });
+    window.addEventListener("resize", () => { for (const p of this._allPanels()) p.resize(); this._renderChips(); });
   }
 
   _allPanels() {
@@ -176,10 +133,19 @@ export class Compare {
     history.replaceState(null, "", location.pathname + (q ? "?" + q : ""));
   }
 
-  _scheduleRedraw() {
-    if (this._redrawPending) return;
-    this._redrawPending = true;
-    requestAnimationFrame(() => { this._redrawPending = false; this._writeUrl(); this._distribute(); });
+  /** A view-only change (smoothing, log, bands, outliers): redraw at the next frame, no refetch. */
+  _scheduleView() {
+    if (this._viewPending) return;
+    this._viewPending = true;
+    requestAnimationFrame(() => { this._viewPending = false; this._writeUrl(); this._applyView(); });
+  }
+
+  /** A change of colours, groups or hidden runs: new lines for the panels, no refetch. */
+  _changed() {
+    this._writeUrl();
+    this._renderChips();
+    this._renderSweep();
+    this._distribute();
   }
 
   async start() {
@@ -193,20 +159,22 @@ export class Compare {
       // The series query does not need the runs' metadata: send it now, alongside the run fetches.
       const early = this._earlyQuery();
       let alertsPromise = this.project ? this._fetchAlerts() : null;
-      const answers = await Promise.all(this.state.runs.map((id) => api(`/runs/${encodeURIComponent(id)}`)
-        .catch((err) => ({ __error: err, id }))));
+      const answers = await fetchRuns(this.state.runs);
       this.marks.runs = performance.now();
-      const missing = answers.filter((a) => a.__error).map((a) => a.id);
-      for (const a of answers) if (!a.__error) this.runs.set(a.id, a);
+      const missing = this._accept(answers);
       if (!this.runs.size) {
-        setStatus(this.statusLine, `None of the runs could be loaded (${missing.join(", ")}).`, "error");
+        setStatus(this.statusLine, missing.length ? `None of the runs could be loaded (${missing.join(", ")}).`
+          : "None of the runs belong to this project.", "error");
         this._resolveReady(this.info());
         return;
       }
       if (!this.project) this.project = [...this.runs.values()][0].project;
       if (!alertsPromise && this.project) alertsPromise = this._fetchAlerts();
-      this._renderRunChips(missing);
+      this.missing = missing;
+      this._renderSelectors();
+      this._renderChips();
       this._renderKeysPicker();
+      this._renderSweep();
       this._rebuildPanels();
       await this.refresh({ early });
       this.marks.drawn = performance.now();
@@ -230,6 +198,35 @@ export class Compare {
     }
   }
 
+  /** Keep the runs of this project; a run of another project named in the URL is refused with a notice. */
+  _accept(answers) {
+    const missing = [];
+    for (const a of answers) {
+      if (a.__error) missing.push(a.id);
+      else if (this.project && this.fixedRuns === null && a.project !== this.project) this.foreign.push({ id: a.id, project: a.project });
+      else this.runs.set(a.id, a);
+    }
+    if (this.foreign.length) {
+      const foreign = new Set(this.foreign.map((f) => f.id));
+      this.state.runs = this.state.runs.filter((id) => !foreign.has(id));
+      this._writeUrl();
+    }
+    this._renderNotice();
+    return missing;
+  }
+
+  _renderNotice() {
+    clear(this.notice);
+    this.notice.hidden = !this.foreign.length;
+    if (!this.foreign.length) return;
+    this.notice.append(`Not shown: ${this.foreign.length === 1 ? "this run belongs" : "these runs belong"} to another project, not to ${this.project}: `);
+    this.foreign.forEach((f, i) => {
+      if (i) this.notice.append(", ");
+      this.notice.append(el("span", { class: "mono", text: f.id }), " (project ",
+        el("a", { href: projectUrl(f.project), text: f.project }), ")");
+    });
+  }
+
   _fetchAlerts() {
     return fetchAlerts(this.project).catch(() => ({ available: false, alerts: [] }));
   }
@@ -249,30 +246,168 @@ export class Compare {
     return { params, promise };
   }
 
-  _renderRunChips(missing) {
-    clear(this.runBar);
-    for (const [id, run] of this.runs) {
-      const chip = el("span", { class: "chip", dataset: { run: id } },
-        el("span", { class: "swatch", style: `background:${runColor(id)}` }),
-        el("a", { href: runUrl(id), class: "run-name", text: runLabel(run), title: id }),
-        el("span", { class: "badge status-" + String(run.status).replace(/[^a-z]/g, ""), text: run.status || "" }));
-      if (!this.fixedRuns && this.runs.size > 1) {
-        chip.append(el("button", { type: "button", class: "link remove", title: "remove from the comparison", text: "×",
-          onclick: () => this.removeRun(id) }));
-      }
-      this.runBar.append(chip);
+  // ------------------------------------------------------------------------------------------
+  // Colours, hiding, highlighting, groups
+
+  runColors() {
+    return runColors(this.runs, this.state);
+  }
+
+  hidden() {
+    return new Set(this.state.hide.filter((id) => this.runs.has(id)));
+  }
+
+  toggleRun(id) {
+    if (id && id.startsWith("group:")) {
+      this.hiddenGroups = this.hiddenGroups || new Set();
+      if (this.hiddenGroups.has(id)) this.hiddenGroups.delete(id); else this.hiddenGroups.add(id);
+      this._applyView();
+      return;
     }
-    if (missing.length) this.runBar.append(el("span", { class: "error", text: `not found: ${missing.join(", ")}` }));
-    if (this.project && !this.fixedRuns) this.runBar.append(el("a", { class: "small", href: projectUrl(this.project), text: "add runs…" }));
+    if (!this.runs.has(id)) return;
+    const hide = new Set(this.state.hide);
+    if (hide.has(id)) hide.delete(id); else hide.add(id);
+    this.state.hide = [...hide];
+    this._writeUrl();
+    this._renderChips();
+    if (this.state.groupby) this._distribute(); else this._applyView();
+  }
+
+  highlight(id) {
+    if (id === this.highlighted) return;
+    this.highlighted = id;
+    for (const p of this.panels) p.highlight(id);
+    for (const chip of this.runBar.querySelectorAll(".chip")) chip.classList.toggle("hot", chip.dataset.run === id);
+  }
+
+  setColor(id, hex) {
+    this.state.colors = { ...this.state.colors, [id]: hex.replace("#", "").toLowerCase() };
+    this._changed();
+  }
+
+  /** Groups of the visible runs by the group field: [{id, label, members}], sorted by value. */
+  groups() {
+    if (!this.state.groupby) return null;
+    const hidden = this.hidden();
+    const by = new Map();
+    for (const [id, run] of this.runs) {
+      if (hidden.has(id)) continue;
+      const v = fieldValue(run, this.state.groupby);
+      const k = valueLabel(v);
+      if (!by.has(k)) by.set(k, { value: v, members: [] });
+      by.get(k).members.push(id);
+    }
+    return [...by.entries()].sort((a, b) => compareValues(a[1].value, b[1].value))
+      .map(([k, g]) => ({ id: "group:" + k, value: k, label: `${this.state.groupby.replace(/^config\./, "")}=${k} (${g.members.length})`, members: g.members }));
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Page furniture
+
+  _renderSelectors() {
+    const fields = groupFields([...this.runs.values()]);
+    for (const [select, value, none] of [[this.groupSelect, this.state.groupby, "no grouping"], [this.colorSelect, this.state.colorby, "run"]]) {
+      clear(select);
+      select.append(el("option", { value: "", text: none }), ...fields.map((f) => el("option", { value: f, text: f.replace(/^config\./, "") })));
+      select.value = value && fields.includes(value) ? value : "";
+    }
+    this.aggSelect.hidden = !this.state.groupby;
+    // One run (the run page): nothing to group or tell apart.
+    const few = this.runs.size < 2;
+    this.groupSelect.parentElement.hidden = few;
+    this.colorSelect.parentElement.hidden = few;
+  }
+
+  _renderChips() {
+    if (!this.runs.size) return;
+    const extra = [];
+    if (this.missing && this.missing.length) extra.push(el("span", { class: "error", text: `not found: ${this.missing.join(", ")}` }));
+    if (this.project && !this.fixedRuns) {
+      renderAddRuns(this.addBox, this.project, () => new Set(this.runs.keys()), (id) => this.addRuns([id]));
+      extra.push(this.addBox);
+    }
+    renderChips(this.runBar, {
+      runs: this.runs, colors: this.runColors(), hidden: this.hidden(), removable: !this.fixedRuns && this.runs.size > 1,
+      collapsed: !this.chipsExpanded, extra,
+      onToggle: (id) => this.toggleRun(id), onRemove: (id) => this.removeRun(id), onColor: (id, c) => this.setColor(id, c),
+      onHighlight: (id) => this.highlight(id),
+      onExpand: () => { this.chipsExpanded = !this.chipsExpanded; this._renderChips(); },
+    });
+    this.aggSelect.hidden = !this.state.groupby;
+  }
+
+  _renderKeysPicker() {
+    const all = this.allKeys();
+    renderKeysPicker(this.keysBox, all, new Set(this.viewKeys().map(([k]) => k)), (chosen) => {
+      this.state.keys = chosen;
+      this._writeUrl();
+      this._renderKeysPicker();
+      this._rebuildPanels();
+      this.refresh();
+    });
+  }
+
+  _renderAlerts() {
+    if (!this.alertsAvailable) { clear(this.alertBar); return; }
+    renderAlerts(this.alertBar, this.alerts, this.runs, {
+      expanded: this.alertsExpanded,
+      onExpand: () => { this.alertsExpanded = true; this._renderAlerts(); },
+      onZoom: (a) => {
+        const s = Number(a.onset_step);
+        const span = Math.max(50, Math.round((this._extentSteps() || 1000) * 0.05));
+        this.zoomSteps(Math.max(0, s - span), s + span);
+      },
+    });
+  }
+
+  _renderSweep() {
+    const open = this.sweepBox.open;
+    if (this.runs.size < 2) { this.sweepBox.hidden = true; return; }
+    this.sweepBox.hidden = false;
+    renderSweep(this.sweepBox, this.runs, this.runColors(), this.sweepChoice, (choice) => {
+      this.sweepChoice = choice;
+      this._renderSweep();
+    }, open);
+    this.sweepBox.open = open;
+  }
+
+  async addRuns(ids) {
+    const fresh = ids.filter((id) => !this.runs.has(id));
+    if (!fresh.length) return;
+    const answers = await fetchRuns(fresh);
+    const before = this.runs.size;
+    for (const a of answers) {
+      if (a.__error || (this.project && a.project !== this.project)) continue;
+      this.runs.set(a.id, a);
+      if (!this.state.runs.includes(a.id)) this.state.runs.push(a.id);
+    }
+    if (this.runs.size === before) return;
+    this._writeUrl();
+    this._renderSelectors();
+    this._renderChips();
+    this._renderKeysPicker();
+    this._renderSweep();
+    this._rebuildPanels();
+    await this.refresh();
   }
 
   removeRun(id) {
+    // The runs after it keep their colours: pin their palette slots in the URL.
+    const { slots } = assignColors([...this.runs.keys()], this.state.colors);
+    const after = [...this.runs.keys()].slice([...this.runs.keys()].indexOf(id) + 1);
+    const colors = { ...this.state.colors };
+    delete colors[id];
+    for (const other of after) if (colors[other] === undefined) colors[other] = String(slots.get(other));
+    this.state.colors = colors;
     this.state.runs = this.state.runs.filter((r) => r !== id);
+    this.state.hide = this.state.hide.filter((r) => r !== id);
     this.runs.delete(id);
     for (const k of [...this.series.keys()]) if (k.startsWith(id + "\u0000")) this.series.delete(k);
     if (this.state.stackrun === id) this.state.stackrun = null;
     this._writeUrl();
-    this._renderRunChips([]);
+    this._renderSelectors();
+    this._renderChips();
+    this._renderSweep();
     this._rebuildPanels();
     this._distribute();
   }
@@ -293,51 +428,20 @@ export class Compare {
     return this.state.keys.map((k) => [k, kinds.get(k) || "other"]);
   }
 
-  _renderKeysPicker() {
-    clear(this.keysBox);
-    const all = this.allKeys();
-    const shown = new Set(this.viewKeys().map(([k]) => k));
-    this.keysBox.append(el("summary", { text: `series (${shown.size} of ${all.length})` }));
-    const list = el("div", { class: "picker-list" });
-    for (const [k, kind] of all) {
-      const box = el("input", { type: "checkbox", value: k });
-      box.checked = shown.has(k);
-      list.append(el("label", { class: "picker-item" }, box, " ", el("span", { class: "mono", text: k }), " ",
-        el("span", { class: "kind", text: kind })));
-    }
-    const apply = el("button", { type: "button", text: "show", onclick: () => {
-      const chosen = [...list.querySelectorAll("input:checked")].map((b) => b.value);
-      this.state.keys = chosen.length === all.length ? [] : chosen;
-      this._writeUrl();
-      this._renderKeysPicker();
-      this._rebuildPanels();
-      this.refresh();
-    } });
-    const allButton = el("button", { type: "button", class: "link", text: "all",
-      onclick: () => list.querySelectorAll("input").forEach((b) => { b.checked = true; }) });
-    const noneButton = el("button", { type: "button", class: "link", text: "none",
-      onclick: () => list.querySelectorAll("input").forEach((b) => { b.checked = false; }) });
-    this.keysBox.append(list, el("div", {}, apply, " ", allButton, " ", noneButton));
-  }
-
-  _renderExport() {
-    clear(this.exportBox);
-    this.exportBox.append(el("summary", { text: "export" }));
-    const keys = this.viewKeys().map(([k]) => k);
-    const list = el("div", { class: "picker-list" });
-    for (const [id, run] of this.runs) {
-      const href = apiUrl(`/runs/${encodeURIComponent(id)}/export.csv`, { key: keys });
-      list.append(el("a", { class: "csv-link", href, download: `${id}.csv`, dataset: { run: id } },
-        "CSV of ", el("span", { text: runLabel(run) })));
-    }
-    list.append(el("p", { class: "muted small", text: "PNG: the button on each panel." }));
-    this.exportBox.append(list);
-  }
-
   _stackRun() {
     const ids = [...this.runs.keys()];
     if (this.state.stackrun && this.runs.has(this.state.stackrun)) return this.state.stackrun;
     return ids.find((id) => stackPlan(this.runs.get(id))) || null;
+  }
+
+  _ylimTool(panel) {
+    renderYLimit(panel.toolbar, this.state.ylim[panel.key] || [null, null], (lim) => {
+      const ylim = { ...this.state.ylim };
+      if (lim) ylim[panel.key] = lim; else delete ylim[panel.key];
+      this.state.ylim = ylim;
+      this._writeUrl();
+      this._applyView();
+    });
   }
 
   _rebuildPanels() {
@@ -360,12 +464,16 @@ export class Compare {
       syncKey: "lw-" + Math.random().toString(36).slice(2),
       onZoom: (a, b) => this.zoomX(a, b),
       onReset: () => this.resetZoom(),
+      onToggle: (id) => this.toggleRun(id),
+      onHighlight: (id) => this.highlight(id),
     };
     const keys = this.viewKeys();
     keys.sort((a, b) => kindRank(a[1]) - kindRank(b[1]));
     for (const [key, kind] of keys) {
       const sectionKind = KIND_ORDER.includes(kind) ? kind : "other";
-      this.panels.push(new Panel(section(sectionKind), { ...common, key, kind, title: key }));
+      const panel = new Panel(section(sectionKind), { ...common, key, kind, title: key });
+      this._ylimTool(panel);
+      this.panels.push(panel);
     }
     const stackRun = this.state.stack ? this._stackRun() : null;
     if (stackRun) {
@@ -375,14 +483,14 @@ export class Compare {
         title: `stacked contributions · ${runLabel(this.runs.get(stackRun))}`, pngName: "stacked-" + stackRun, plan, run: stackRun });
       const candidates = [...this.runs.keys()].filter((id) => stackPlan(this.runs.get(id)));
       if (candidates.length > 1) {
-        const pick = el("select", { class: "small", title: "run whose contributions are stacked" },
-          ...candidates.map((id) => el("option", { value: id, text: runLabel(this.runs.get(id)) })));
+        const pick = el("select", { class: "small stack-run", title: runLabel(this.runs.get(stackRun)), "aria-label": "run whose contributions are stacked" },
+          ...candidates.map((id) => el("option", { value: id, text: runLabel(this.runs.get(id)), title: runLabel(this.runs.get(id)) })));
         pick.value = stackRun;
         pick.addEventListener("change", () => { this.state.stackrun = pick.value; this._writeUrl(); this._rebuildPanels(); this.refresh(); });
         this.stackPanel.toolbar.prepend(pick);
       }
     }
-    this._renderExport();
+    renderExport(this.exportBox, this.runs, this.viewKeys().map(([k]) => k));
   }
 
   _queryKeys() {
@@ -413,8 +521,9 @@ export class Compare {
     this.inflight = ctrl;
     let params = { run: [...this.runs.keys()], key: keys, buckets: this.buckets() };
     if (this.zoomed()) { params.start = this.state.start; params.end = this.state.end; }
-    // The early query covers what is needed unless it named keys and the stack panel needs more.
-    const covered = early && (!early.params.key || keys.every((k) => early.params.key.includes(k)));
+    // The early query covers what is needed unless it named keys and the stack panel needs more,
+    // or it named a run that was refused (another project's).
+    const covered = early && !this.foreign.length && (!early.params.key || keys.every((k) => early.params.key.includes(k)));
     let t0 = performance.now();
     let body, earlyMs = null;
     try {
@@ -438,6 +547,7 @@ export class Compare {
     if (this.queries.length > 200) this.queries.splice(0, 100);
     this.series.clear();
     for (const s of body.series || []) {
+      if (!this.runs.has(s.run)) continue;
       const d = decodeSeries(s);
       this.series.set(s.run + "\u0000" + s.key, d);
       if (!this.zoomed() && d.wall.length && Number.isFinite(d.wall[0])) {
@@ -458,36 +568,16 @@ export class Compare {
   }
 
   /** Per-run panel data for one key in the current x mode. */
-  _panelRun(id, s, colorSeed = id) {
-    const mode = this.state.x;
-    const n = s.step.length;
-    let xs;
-    if (mode === "step") xs = s.step.slice();
-    else {
-      const origin = mode === "relative" ? (this._runStart(id) ?? (n ? s.wall[0] : 0)) : 0;
-      xs = s.wall.map((w) => w - origin);
-    }
-    let idx = null;
-    for (let i = 1; i < n; i++) if (!(xs[i] > xs[i - 1])) { idx = [...xs.keys()].sort((a, b) => xs[a] - xs[b]); break; }
-    const pick = (arr) => (idx ? idx.map((i) => arr[i]) : arr);
-    const hue = runHue(colorSeed);
-    return {
-      id, label: runLabel(this.runs.get(id)), color: runColor(colorSeed), colorFaint: runColor(colorSeed, 0.28),
-      colorBand: runColor(colorSeed, 0.16), colorFill: `hsl(${hue}, 65%, 78%)`, width: s.width,
-      xs: idx ? idx.map((i) => xs[i]) : xs, last: pick(s.last), min: pick(s.min), max: pick(s.max),
-      nonfinite: pick(s.nonfinite), steps: pick(s.step), lastSteps: pick(s.lastStep),
-    };
+  _panelRun(id, s, color) {
+    const origin = this.state.x === "relative" ? (this._runStart(id) ?? (s.wall.length ? s.wall[0] : 0)) : 0;
+    return panelLine(s, { id, label: runLabel(this.runs.get(id)), color, xMode: this.state.x, origin });
   }
 
   /** The x of a step for one run (nearest bucket), in the current x mode. */
   _stepToX(id, step, key) {
-    if (this.state.x === "step") return step;
     const s = this.series.get(id + "\u0000" + key) || [...this.series.values()].find((v) => v.run === id);
-    if (!s || !s.step.length) return null;
-    let best = 0;
-    for (let i = 0; i < s.step.length; i++) if (s.step[i] <= step) best = i; else break;
-    const origin = this.state.x === "relative" ? (this._runStart(id) ?? s.wall[0]) : 0;
-    return s.wall[best] - origin;
+    const origin = this.state.x === "relative" && s ? (this._runStart(id) ?? s.wall[0]) : 0;
+    return stepToX(s, step, this.state.x, origin);
   }
 
   _alertMarkers(key) {
@@ -499,19 +589,33 @@ export class Compare {
       }));
   }
 
-  /** Hand the fetched series to the panels (no network). */
+  _view() {
+    const view = { smoothing: this.state.smooth, log: this.state.log, bands: this.state.bands, xMode: this.state.x,
+      outliers: this.state.outliers, hidden: this.state.groupby ? (this.hiddenGroups || new Set()) : this.hidden() };
+    return view;
+  }
+
+  /** Hand the fetched series to the panels as lines (no network). */
   _distribute() {
-    const view = { smoothing: this.state.smooth, log: this.state.log, bands: this.state.bands, xMode: this.state.x };
+    const t0 = performance.now();
+    const colors = this.runColors();
+    const groups = this.groups();
+    const groupSlots = groups ? valueSlots(this.runs, this.state.groupby) : null;
     const perPanel = [];
     let lo = Infinity, hi = -Infinity;
     for (const p of this.panels) {
-      const runs = [];
+      let lines = [];
       for (const id of this.runs.keys()) {
         const s = this.series.get(id + "\u0000" + p.key);
-        if (s) runs.push(this._panelRun(id, s));
+        if (s) lines.push(this._panelRun(id, s, colors.get(id)));
       }
-      for (const r of runs) if (r.xs.length) { lo = Math.min(lo, r.xs[0]); hi = Math.max(hi, r.xs[r.xs.length - 1]); }
-      perPanel.push([p, runs]);
+      if (groups) {
+        const byId = new Map(lines.map((r) => [r.id, r]));
+        lines = groups.map((g) => groupLine(g, g.members.map((id) => byId.get(id)).filter(Boolean), this.state.agg,
+          PALETTE[groupSlots.get(g.value) % PALETTE.length])).filter((g) => g.xs.length);
+      }
+      for (const r of lines) if (r.xs.length) { lo = Math.min(lo, r.xs[0]); hi = Math.max(hi, r.xs[r.xs.length - 1]); }
+      perPanel.push([p, lines]);
     }
     if (this.stackPanel) {
       const plan = this.stackPanel.opts.plan;
@@ -519,11 +623,11 @@ export class Compare {
       const comps = [];
       plan.comps.forEach((k, i) => {
         const s = this.series.get(id + "\u0000" + k);
-        if (s) comps.push({ ...this._panelRun(id, s, k + "#" + i), id: k, label: k });
+        if (s) comps.push({ ...this._panelRun(id, s, PALETTE[i % PALETTE.length]), id: k, label: k });
       });
       if (plan.total) {
         const s = this.series.get(id + "\u0000" + plan.total);
-        if (s) comps.push({ ...this._panelRun(id, s), id: plan.total, label: plan.total + " (total)", isTotal: true, color: "#111" });
+        if (s) comps.push({ ...this._panelRun(id, s, "#111111"), id: plan.total, label: plan.total + " (total)", isTotal: true });
       }
       perPanel.push([this.stackPanel, comps]);
     }
@@ -531,32 +635,33 @@ export class Compare {
     let xRange = lo <= hi ? [lo, hi] : null;
     if (this.zoomed() && this.state.x === "step") xRange = [this.state.start, this.state.end];
     else if (this._pendingXRange) xRange = this._pendingXRange;
-    if (xRange && xRange[0] === xRange[1]) xRange = [xRange[0] - 1, xRange[1] + 1];
-    for (const [p, runs] of perPanel) {
-      p.setView({ ...view, xRange });
-      p.setData(runs, p.opts.stacked ? [] : this._alertMarkers(p.key));
+    if (xRange && xRange[0] === xRange[1]) xRange = singleXRange(xRange[0], this.state.x);
+    this.xRange = xRange;
+    const view = this._view();
+    for (const [p, lines] of perPanel) {
+      p.setView({ ...view, xRange, ylim: this.state.ylim[p.key] || null });
+      p.setData(lines, p.opts.stacked || groups ? [] : this._alertMarkers(p.key));
+      if (this.highlighted) p.highlight(this.highlighted);
     }
     this._pendingXRange = null;
     this._updateLiveBadge();
+    this._time("distribute", t0);
   }
 
-  _renderAlerts() {
-    clear(this.alertBar);
-    if (!this.alertsAvailable) return;
-    for (const a of this.alerts.slice(0, 20)) {
-      const item = el("li", { class: "alert sev-" + String(a.severity).replace(/[^a-z]/g, "") + " st-" + String(a.status).replace(/[^a-z]/g, "") },
-        el("span", { class: "badge", text: a.status }), " ",
-        el("span", { class: "mono", text: runLabel(this.runs.get(a.run)) }), " · ",
-        el("span", { class: "mono", text: a.series }), " · ", el("b", { text: a.rule }),
-        ` at step ${fmtNum(a.onset_step)}: `, el("span", { text: a.message }));
-      item.addEventListener("click", () => {
-        const s = Number(a.onset_step);
-        const span = Math.max(50, Math.round((this._extentSteps() || 1000) * 0.05));
-        this.zoomSteps(Math.max(0, s - span), s + span);
-      });
-      this.alertBar.append(item);
+  /** Apply a view-only change to every panel: no refetch, no new lines. */
+  _applyView() {
+    const t0 = performance.now();
+    const view = this._view();
+    for (const p of this._allPanels()) {
+      p.setView({ ...view, ylim: this.state.ylim[p.key] || null });
+      p.render();
     }
-    if (this.alerts.length > 20) this.alertBar.append(el("li", { class: "muted", text: `… ${this.alerts.length - 20} more on the alerts page` }));
+    this._time("view", t0);
+  }
+
+  _time(what, t0) {
+    this.timings.push({ what, ms: performance.now() - t0 });
+    if (this.timings.length > 100) this.timings.splice(0, 50);
   }
 
   _extentSteps() {
@@ -590,7 +695,14 @@ export class Compare {
     this.state.end = end;
     this._writeUrl();
     const range = xRange || (this.state.x === "step" ? [start, end] : null);
-    if (range) for (const p of this._allPanels()) if (p.u) { p.view.xRange = range; p.u.setScale("x", { min: range[0], max: range[1] }); }
+    // Panels in view narrow at once (the finer data follows); the others when they come near the viewport.
+    if (range) {
+      for (const p of this._allPanels()) {
+        if (!p.u) continue;
+        p.view.xRange = range;
+        if (p.onscreen === false) p.dirty = true; else p.u.setScale("x", { min: range[0], max: range[1] });
+      }
+    }
     this._pendingXRange = xRange;
     return this.refresh();
   }
@@ -628,7 +740,7 @@ export class Compare {
       const fresh = await Promise.all(running.map((r) => api(`/runs/${encodeURIComponent(r.id)}`).catch(() => null)));
       let changed = false;
       for (const r of fresh) if (r) { changed = changed || r.status !== this.runs.get(r.id)?.status; this.runs.set(r.id, r); }
-      if (changed) this._renderRunChips([]);
+      if (changed) this._renderChips();
       const known = new Set(this.allKeys().map(([k]) => k));
       if (!this.state.keys.length && known.size !== this.panels.length) { this._renderKeysPicker(); this._rebuildPanels(); }
     }
@@ -636,12 +748,20 @@ export class Compare {
   }
 
   info() {
+    const colors = this.runs.size ? Object.fromEntries(this.runColors()) : {};
+    const more = this.runBar.querySelector("#chips-more");
     return {
       ready: document.body.dataset.ready === "1",
       readyAt: this.readyAt ?? null,
       state: { ...this.state },
+      runs: [...this.runs.keys()],
+      colors,
+      foreign: this.foreign.slice(),
+      groups: (this.groups() || []).map((g) => ({ id: g.id, label: g.label, members: g.members })),
+      chipsHidden: more && !more.hidden ? Number(more.dataset.count || 0) : 0,
       panels: this._allPanels().map((p) => p.info()),
       queries: this.queries.slice(),
+      timings: this.timings.slice(),
       alerts: this.alerts.length,
       alertsAvailable: this.alertsAvailable,
       marks: { ...(this.marks || {}) },
@@ -652,6 +772,7 @@ export class Compare {
 /** Mount a compare view and expose it to tests and the benchmark as window.__losswatch. */
 export function mountCompare(root, options) {
   const compare = new Compare(root, options);
+  const frame = () => new Promise((r) => requestAnimationFrame(() => r()));
   window.__losswatch = {
     compare,
     ready: compare.ready,
@@ -659,6 +780,15 @@ export function mountCompare(root, options) {
     zoom: (start, end) => compare.zoomSteps(start, end).then(() => compare.info()),
     resetZoom: () => compare.resetZoom().then(() => compare.info()),
     png: (i = 0) => compare._allPanels()[i].toCanvas().toDataURL("image/png"),
+    /** Set a control as a user would (input/change event) and resolve after the next frame's redraw. */
+    control: async (id, value) => {
+      const input = document.getElementById(id);
+      if (input.type === "checkbox") input.checked = !!value; else input.value = String(value);
+      input.dispatchEvent(new Event(input.type === "range" ? "input" : "change"));
+      await frame();
+      await frame();
+      return compare.info();
+    },
   };
   window.__losswatchReady = compare.ready;
   compare.start().catch((err) => console.error("losswatch compare:", err));

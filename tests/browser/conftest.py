@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port, need_or_skip
+from tests._server_process import ServerProcess, uvicorn_factory
+from tests.conftest import need_or_skip
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -32,38 +31,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"dashboard screenshots: {_SHOTS[0]}")
 
 
-class Server:
-    """``python -m uvicorn --factory losswatch.server.app:create_app`` on a free port."""
+class Server(ServerProcess):
+    """``python -m uvicorn --factory losswatch.server.app:create_app`` on a free port, auth off."""
 
     def __init__(self, db_path: Path, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "LOSSWATCH_DATABASE_URL": f"sqlite:///{db_path}", "LOSSWATCH_AUTH": "off"}
-        self.log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "losswatch.server.app:create_app",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(f"server did not start; log: {log_path.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        super().__init__(env={"LOSSWATCH_DATABASE_URL": f"sqlite:///{db_path}", "LOSSWATCH_AUTH": "off"},
+                         log_path=log_path, argv=uvicorn_factory("losswatch.server.app:create_app"))
+        self.start()
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +84,16 @@ class Page:
         self.errors: list[str] = []
         page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
         page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.on("console", self._console)
+
+    def _console(self, message: Any) -> None:
+        # Console errors fail the test too, except the browser's note that the document itself came back
+        # 4xx, which a test asking for an error page expects (and asserts through the response).
+        if message.type != "error":
+            return
+        if message.text.startswith("Failed to load resource") and message.location.get("url") == self.page.url:
+            return
+        self.errors.append(f"console.error: {message.text} ({message.location.get('url')})")
 
     def goto(self, path: str) -> Any:
         return self.page.goto(self.base + path)

@@ -43,7 +43,7 @@ def test_compare_view_draws_every_run_and_keeps_its_state_in_the_url(page: Page,
     assert panels[f"stacked:{a}"]["runs"] == ["train/loss/box_weighted", "train/loss/cls_weighted", "train/loss"]
     # Metrics share the loss's step axis.
     assert panels["val/mAP50-95"]["xScale"] == loss["xScale"]
-    assert page.page.locator("canvas").count() == len(panels)
+    assert page.page.locator(".u-wrap > canvas").count() == len(panels)  # one chart canvas each (bands: a layer under it)
 
     # Smoothing adds a smoothed line per run over the faint raw one; log scale; both land in the URL.
     page.page.locator("#smoothing").fill("0.6")

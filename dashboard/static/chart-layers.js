@@ -1,0 +1,143 @@
+// What a panel draws on its canvases besides uPlot's lines: the min/max bands and the faint raw lines on
+// a layer under the chart (redrawn only when what they show changed), NaN marks and alert markers.
+// Functions of the panel (chart.js) and its uPlot instance.
+
+import { fin } from "./chart-math.js";
+
+function clip(u, ctx) {
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height);
+  ctx.clip();
+}
+
+/**
+ * The min/max bands live on their own canvas under uPlot's, redrawn only when what they show changed
+ * (scales, size, data, hidden lines, log): a smoothing change or a highlight redraws the lines alone.
+ * Translucent polygons are the costliest thing to rasterise on a panel of 20 runs.
+ */
+export function drawBandLayer(p, u) {
+  if (!p.bandCanvas) return;
+  const sig = [u.scales.x.min, u.scales.x.max, u.scales.y.min, u.scales.y.max, u.bbox.width, u.bbox.height,
+    p.dataVersion, p.view.bands, p.view.log, p.view.smoothing > 0, [...p.view.hidden].join(",")].join("|");
+  if (sig === p.bandSig) return;
+  p.bandSig = sig;
+  const canvas = p.bandCanvas;
+  const dpr = devicePixelRatio || 1;
+  const w = Math.round(u.bbox.width), h = Math.round(u.bbox.height);
+  if (canvas.width !== w || canvas.height !== h) {
+    canvas.width = w;
+    canvas.height = h;
+    canvas.style.width = w / dpr + "px";
+    canvas.style.height = h / dpr + "px";
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, w, h);
+  if (p.opts.stacked) return;
+  ctx.save();
+  ctx.translate(-u.bbox.left, -u.bbox.top);
+  if (p.view.bands) drawBands(p, u, ctx);
+  if (p.view.smoothing > 0) drawRawLines(p, u, ctx);
+  ctx.restore();
+}
+
+/** The faint raw lines behind the smoothed ones (NaN, Inf and, on a log axis, values ≤ 0 spanned). */
+function drawRawLines(p, u, ctx) {
+  ctx.lineWidth = devicePixelRatio || 1;
+  ctx.lineJoin = "round";
+  for (const r of p.runs) {
+    if (p._isHidden(r)) continue;
+    ctx.strokeStyle = r.colorFaint;
+    ctx.beginPath();
+    let started = false;
+    for (let i = 0; i < r.xs.length; i++) {
+      const y = yPos(p, u, r.last[i]);
+      if (y === null) continue;
+      const x = u.valToPos(r.xs[i], "x", true);
+      if (started) ctx.lineTo(x, y); else { ctx.moveTo(x, y); started = true; }
+    }
+    ctx.stroke();
+  }
+}
+
+function drawBands(p, u, ctx) {
+  const log = p.view.log;
+  ctx.lineWidth = 1;
+  for (const r of p.runs) {
+    if (p._isHidden(r)) continue;
+    ctx.fillStyle = r.colorBand;
+    ctx.strokeStyle = r.colorBand;
+    ctx.lineWidth = 1;
+    // One polygon per run of consecutive buckets with finite min/max; isolated buckets as ticks.
+    let start = -1;
+    const flush = (a, b) => {
+      if (a < 0) return;
+      if (b === a) {
+        const x = u.valToPos(r.xs[a], "x", true);
+        const y0 = yPos(p, u, r.min[a]), y1 = yPos(p, u, r.max[a]);
+        if (y0 !== null && y1 !== null) { ctx.beginPath(); ctx.moveTo(x, y0); ctx.lineTo(x, y1); ctx.stroke(); }
+        return;
+      }
+      ctx.beginPath();
+      for (let i = a; i <= b; i++) ctx.lineTo(u.valToPos(r.xs[i], "x", true), yPos(p, u, r.max[i]));
+      for (let i = b; i >= a; i--) ctx.lineTo(u.valToPos(r.xs[i], "x", true), yPos(p, u, r.min[i]));
+      ctx.closePath();
+      ctx.fill(); // no outline: stroking 20 polygons per panel costs as much again; one-bucket spikes are ticks
+    };
+    for (let i = 0; i < r.xs.length; i++) {
+      const ok = fin(r.min[i]) && fin(r.max[i]) && (!log || r.min[i] > 0) && r.max[i] > r.min[i];
+      if (ok && start < 0) start = i;
+      if (!ok && start >= 0) { flush(start, i - 1); start = -1; }
+    }
+    if (start >= 0) flush(start, r.xs.length - 1);
+  }
+}
+
+export function yPos(p, u, v) {
+  if (!fin(v)) return null;
+  if (p.view.log) return v > 0 ? u.valToPos(Math.log10(v), "y", true) : null;
+  return u.valToPos(v, "y", true);
+}
+
+export function drawMarkers(p, u) {
+  const ctx = u.ctx;
+  const dpr = devicePixelRatio || 1;
+  clip(u, ctx);
+  const top = u.bbox.top, bottom = u.bbox.top + u.bbox.height;
+  // Non-finite values: a red triangle at the top of the plot at the bucket's x.
+  ctx.fillStyle = "#d40000";
+  for (const r of p.runs) {
+    if (p._isHidden(r)) continue;
+    for (let i = 0; i < r.xs.length; i++) {
+      if (!r.nonfinite[i]) continue;
+      const x = u.valToPos(r.xs[i], "x", true);
+      ctx.beginPath();
+      ctx.moveTo(x - 4 * dpr, top);
+      ctx.lineTo(x + 4 * dpr, top);
+      ctx.lineTo(x, top + 7 * dpr);
+      ctx.closePath();
+      ctx.fill();
+    }
+  }
+  // Alerts: a dashed vertical line at the onset and a flag at the bottom.
+  for (const a of p.alerts) {
+    if (a.x === null || a.x === undefined) continue;
+    const x = u.valToPos(a.x, "x", true);
+    ctx.strokeStyle = a.color;
+    ctx.lineWidth = 1.5 * dpr;
+    ctx.setLineDash([4 * dpr, 3 * dpr]);
+    ctx.beginPath();
+    ctx.moveTo(x, top);
+    ctx.lineTo(x, bottom);
+    ctx.stroke();
+    ctx.setLineDash([]);
+    ctx.fillStyle = a.color;
+    ctx.beginPath();
+    ctx.moveTo(x, bottom);
+    ctx.lineTo(x + 8 * dpr, bottom - 5 * dpr);
+    ctx.lineTo(x, bottom - 10 * dpr);
+    ctx.closePath();
+    ctx.fill();
+  }
+  ctx.restore();
+}

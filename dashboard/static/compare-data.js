@@ -1,0 +1,163 @@
+// The compare view's data: the API calls it makes and the pure transformations of their answers
+// (wire decoding, stacked-contribution plans, groups aligned by step, config differences).
+// Nothing here touches the page.
+
+import { api, num, flatten } from "./lib.js";
+
+/** Every run of `ids`, fetched in parallel; a run that cannot be read comes back as {__error, id}. */
+export function fetchRuns(ids) {
+  return Promise.all(ids.map((id) => api(`/runs/${encodeURIComponent(id)}`).catch((err) => ({ __error: err, id }))));
+}
+
+/** The runs of a project, newest first, for the "add runs" picker. */
+export async function fetchProjectRuns(project, name = "") {
+  const body = await api(`/projects/${encodeURIComponent(project)}/runs`, { limit: 100, name: name || null });
+  return body.runs || [];
+}
+
+/** One /query answer's series with wire values (numbers or "NaN"/"Infinity") as JS numbers. */
+export function decodeSeries(s) {
+  const n = (s.step || []).length;
+  const last = new Array(n), min = new Array(n), max = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const v = num(s.last[i]);
+    last[i] = v === null ? null : v;
+    min[i] = s.min ? num(s.min[i]) : null;
+    max[i] = s.max ? num(s.max[i]) : null;
+  }
+  return {
+    run: s.run, key: s.key, kind: s.kind, width: s.width || 1,
+    step: s.step || [], lastStep: s.last_step || s.step || [], wall: s.wall || [],
+    last, min, max, nonfinite: s.nonfinite || new Array(n).fill(0), count: s.count || [],
+  };
+}
+
+/**
+ * Which loss components to stack for a run, and their total.
+ *
+ * losswatch.client.torch_helpers.LossComponents logs `train/loss/box` (raw term), `train/loss/box_weighted`
+ * (its contribution) and extra terms such as `train/loss/l2` (added as they are), so that the total equals
+ * the sum of every `*_weighted` plus the extra terms. Generic rule: take every series of kind
+ * loss_component, drop a raw term when its `_weighted` twin exists, keep one top-level group (train/).
+ */
+export function stackPlan(run) {
+  const entries = Object.entries((run && run.summary) || {});
+  const all = new Set(entries.filter(([, s]) => s && s.kind === "loss_component").map(([k]) => k));
+  const comps = [...all].filter((k) => !all.has(k + "_weighted"));
+  const losses = entries.filter(([, s]) => s && s.kind === "loss").map(([k]) => k);
+  const top = (k) => (k.includes("/") ? k.slice(0, k.indexOf("/")) : "");
+  const groups = new Map();
+  for (const k of comps) groups.set(top(k), [...(groups.get(top(k)) || []), k]);
+  let best = null;
+  for (const [g, ks] of groups) if (!best || ks.length > best[1].length || (ks.length === best[1].length && g === "train")) best = [g, ks];
+  if (!best || best[1].length < 2) return null;
+  const members = best[1].sort();
+  const total = losses.find((l) => members.every((c) => c.startsWith(l + "/") || c.startsWith(l + "_")))
+    || losses.find((l) => top(l) === best[0]) || null;
+  return { comps: members, total };
+}
+
+/** A run's value of a field: "group" or "config.<dotted key>"; undefined when it has none. */
+export function fieldValue(run, field) {
+  if (!run || !field) return undefined;
+  if (field === "group") return run.group ?? undefined;
+  const key = field.slice("config.".length);
+  for (const [k, v] of flatten(run.config || {})) if (k === key) return v;
+  return undefined;
+}
+
+/** "a value" as a short label. */
+export function valueLabel(v) {
+  if (v === undefined) return "(none)";
+  return typeof v === "string" ? v : JSON.stringify(v);
+}
+
+/** Sort values: numbers by value, then strings, then the rest; undefined last. */
+export function compareValues(a, b) {
+  const rank = (v) => (v === undefined ? 3 : typeof v === "number" ? 0 : typeof v === "string" ? 1 : 2);
+  if (rank(a) !== rank(b)) return rank(a) - rank(b);
+  if (typeof a === "number") return a - b;
+  const x = valueLabel(a), y = valueLabel(b);
+  return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/** Flattened config keys whose values differ between the runs: [[key, [value per run]], ...]. */
+export function configDiff(runs) {
+  const flat = runs.map((r) => new Map(flatten(r.config || {}).map(([k, v]) => [k, JSON.stringify(v)])));
+  const keys = new Set();
+  for (const m of flat) for (const k of m.keys()) keys.add(k);
+  const out = [];
+  for (const k of [...keys].sort()) {
+    const vals = flat.map((m) => m.get(k));
+    if (new Set(vals).size > 1) out.push([k, vals.map((v) => (v === undefined ? undefined : JSON.parse(v)))]);
+  }
+  return out;
+}
+
+/** The fields a view can group or colour by: "group" when runs have one, then every config key. */
+export function groupFields(runs) {
+  const fields = [];
+  if (runs.some((r) => r.group)) fields.push("group");
+  const keys = new Set();
+  for (const r of runs) for (const [k] of flatten(r.config || {})) keys.add(k);
+  for (const k of [...keys].sort()) fields.push("config." + k);
+  return fields;
+}
+
+function interpolate(xs, ys, x, from) {
+  // xs sorted; the index hint `from` makes a sweep over sorted x linear.
+  let i = from;
+  while (i < xs.length && xs[i] < x) i++;
+  if (i < xs.length && xs[i] === x) return [ys[i], i];
+  if (i === 0 || i >= xs.length) return [null, i];
+  const a = ys[i - 1], b = ys[i];
+  if (a === null || b === null || !Number.isFinite(a) || !Number.isFinite(b)) return [null, i];
+  return [a + ((b - a) * (x - xs[i - 1])) / (xs[i] - xs[i - 1]), i];
+}
+
+/**
+ * Members' lines (each {xs sorted, last}) aligned by x: on the union of their x (or, when that is much
+ * longer than the longest member, an even grid of as many points), each member linearly interpolated
+ * inside its own range; per x the mean or median, min and max over the members present there.
+ */
+export function aggregate(members, agg = "mean") {
+  const withData = members.filter((m) => m.xs.length);
+  if (!withData.length) return { xs: [], last: [], min: [], max: [], n: [] };
+  let longest = 0, lo = Infinity, hi = -Infinity;
+  const all = new Set();
+  for (const m of withData) {
+    longest = Math.max(longest, m.xs.length);
+    lo = Math.min(lo, m.xs[0]);
+    hi = Math.max(hi, m.xs[m.xs.length - 1]);
+    if (all.size <= 2 * longest + 1) for (const x of m.xs) all.add(x);
+  }
+  let xs;
+  if (all.size <= 2 * longest) xs = [...all].sort((a, b) => a - b);
+  else {
+    xs = new Array(longest);
+    for (let i = 0; i < longest; i++) xs[i] = longest === 1 ? lo : lo + ((hi - lo) * i) / (longest - 1);
+  }
+  const n = xs.length;
+  const last = new Array(n), min = new Array(n), max = new Array(n), count = new Array(n);
+  const cursors = withData.map(() => 0);
+  const vals = [];
+  for (let i = 0; i < n; i++) {
+    vals.length = 0;
+    withData.forEach((m, j) => {
+      const [v, at] = interpolate(m.xs, m.last, xs[i], cursors[j]);
+      cursors[j] = Math.max(0, at - 1);
+      if (v !== null && Number.isFinite(v)) vals.push(v);
+    });
+    count[i] = vals.length;
+    if (!vals.length) { last[i] = min[i] = max[i] = null; continue; }
+    let s = 0, mn = Infinity, mx = -Infinity;
+    for (const v of vals) { s += v; if (v < mn) mn = v; if (v > mx) mx = v; }
+    min[i] = mn; max[i] = mx;
+    if (agg === "median") {
+      const sorted = vals.slice().sort((a, b) => a - b);
+      const h = sorted.length >> 1;
+      last[i] = sorted.length % 2 ? sorted[h] : (sorted[h - 1] + sorted[h]) / 2;
+    } else last[i] = s / vals.length;
+  }
+  return { xs, last, min, max, n: count };
+}
