@@ -1,0 +1,324 @@
+"""The Lightning integration, built on either package name: ``lightning`` (``lightning.pytorch``) or
+``pytorch_lightning``. Lightning checks ``isinstance`` against its own ``Callback`` and ``Logger``
+classes, and the two packages have distinct ones, so :func:`build` makes the two classes on the
+bases of one package; ``losswatch.integrations.lightning`` and
+``losswatch.integrations.pytorch_lightning`` call it. Nothing here imports a framework (torch is
+looked up only when a gradient norm is computed, from the parameters Lightning hands over).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from argparse import Namespace
+from collections.abc import Mapping
+from typing import Any
+
+from losswatch.client.run import Run
+from losswatch.integrations._common import is_number, plain_config, start_run
+
+log = logging.getLogger("losswatch")
+
+# Keys Lightning users give validation / test metrics: logged as evaluation metrics (kind "metric"
+# unless the name says loss).
+_EVAL_KEY = re.compile(r"^(val|valid|validation|test|eval)[_/.]", re.IGNORECASE)
+_FINAL_STATUS = {"success": "finished", "finished": "finished", "failed": "failed", "aborted": "stopped",
+                 "interrupted": "stopped"}
+
+
+
+
+def _step_values(trainer: Any) -> Any:
+    """(name, tensor) of the values logged with ``on_step`` at this batch, named as Lightning names
+    them for its loggers. Read from the result collection, as ``trainer.logged_metrics`` does, but
+    without building the progress bar's numbers (``.item()``: a device sync per value)."""
+    results = getattr(trainer, "_results", None)
+    valid = getattr(results, "valid_items", None)
+    forked = getattr(results, "_forked_name", None)
+    if valid is None or forked is None:
+        yield from trainer.logged_metrics.items()
+        return
+    for _, metric in valid():
+        meta = metric.meta
+        if not (meta.logger and meta.on_step):
+            continue
+        value = getattr(metric, "_forward_cache", None)
+        if value is not None:
+            yield forked(metric, True)[1], value
+
+
+def build(callback_base: type, logger_base: type, rank_zero_experiment: Any, rank_zero_only: Any,
+          module: str) -> tuple[type, type]:
+    """``(LosswatchLogger, LosswatchCallback)`` on the given Lightning bases, named as in ``module``."""
+    Callback, Logger = callback_base, logger_base  # noqa: N806 - the names the class bodies read
+
+    class LosswatchLogger(Logger):
+        """A Lightning logger that sends to losswatch.
+
+        Args: ``project``, ``name`` (the run's name), ``config`` (merged with the hyperparameters
+        Lightning reports), ``tags``, ``token``, ``run`` (an existing :class:`~losswatch.Run`; the logger
+        then neither starts nor finishes it) and any other argument of :func:`losswatch.init`
+        (``stop_on=("divergence",)``, ``url=...``). The run starts on first use, on rank zero only.
+        """
+
+        def __init__(
+            self,
+            project: str | None = None,
+            name: str | None = None,
+            *,
+            config: Mapping[str, Any] | None = None,
+            tags: list[str] | None = None,
+            token: str | None = None,
+            run: Run | None = None,
+            **init_kwargs: Any,
+        ) -> None:
+            super().__init__()
+            self._project = project
+            self._name = name
+            self._config: dict[str, Any] = plain_config(config)
+            self._tags = tags
+            self._token = token
+            self._run = run
+            self._own_run = run is None
+            self._init_kwargs = init_kwargs
+            self._finalized = False
+            self._is_eval: dict[str, bool] = {}  # key -> logged as an evaluation metric
+
+        # ---- Lightning's Logger interface -----------------------------------------------------------
+
+        @property
+        def name(self) -> str | None:
+            return self._name or self._project
+
+        @property
+        def version(self) -> str | None:
+            return self.experiment.id if rank_zero_only.rank == 0 else None
+
+        @property
+        @rank_zero_experiment
+        def experiment(self) -> Run:
+            """The losswatch :class:`~losswatch.Run` (started here on first use)."""
+            if self._run is None:
+                self._run = start_run(
+                    None, config=self._config or None, project=self._project, name=self._name, tags=self._tags,
+                    token=self._token, **self._init_kwargs,
+                )  # fmt: skip
+            return self._run
+
+        @rank_zero_only
+        def log_hyperparams(self, params: dict[str, Any] | Namespace | None, *args: Any, **kwargs: Any) -> None:
+            if params is None:
+                return
+            if isinstance(params, Namespace):
+                params = vars(params)
+            new = plain_config(params)
+            if not new:
+                return
+            self._config.update(new)
+            if self._run is None:  # not started yet: the config goes with the run's creation
+                self.experiment  # noqa: B018 - starts the run
+            else:
+                self._run.update(config=new)  # merged into the run's config, sent by the sender thread
+
+        @rank_zero_only
+        def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+            run = self.experiment
+            train: dict[str, Any] = {}
+            evals: dict[str, Any] = {}
+            is_eval = self._is_eval
+            for key, value in metrics.items():
+                if type(value) is not float and not is_number(value):  # Lightning hands floats: the fast case
+                    continue
+                flag = is_eval.get(key)
+                if flag is None:
+                    flag = is_eval[key] = bool(_EVAL_KEY.match(key))
+                (evals if flag else train)[key] = value
+            if step is None:
+                step = run.step or 0
+            if train:
+                run.log(train, step=step)
+            if evals:
+                run.log_eval(evals, step=step)
+
+        def save(self) -> None:
+            """Lightning calls this after every ``log_metrics``: nothing to do (the client sends in the
+            background)."""
+
+        @rank_zero_only
+        def finalize(self, status: str) -> None:
+            if self._finalized or self._run is None:
+                return
+            self._finalized = True
+            if not self._own_run:
+                self._run.flush()
+                return
+            final = _FINAL_STATUS.get(status, "finished")
+            if final == "finished" and self._run.should_stop:
+                final = "stopped"  # ended early by a losswatch alert
+            self._run.finish(final)
+
+
+    class LosswatchCallback(Callback):
+        """Logs every training batch's loss and learning rates; stops the fit on a ``stop_on`` alert.
+
+        ``target`` is a :class:`LosswatchLogger` or a :class:`~losswatch.Run`; by default the first
+        :class:`LosswatchLogger` of the trainer. ``key`` names the loss series. ``log_lr=False`` leaves
+        out the learning rates. ``grad_norm`` (default ``"grad_norm"``; ``None``: off) is the total
+        2-norm of the gradients of each optimizer step *before* clipping (Lightning's
+        ``on_before_optimizer_step``), kept on its device, no sync. ``log_step_metrics`` (default on)
+        logs, at every batch, every training value the module ``self.log``-ged with ``on_step`` (its
+        loss components), under the names Lightning gives its loggers, whatever
+        ``log_every_n_steps`` says; the logger still receives Lightning's own logging on its interval,
+        which lands on the same points. In a multi-process job the stop decision is shared across ranks every
+        ``stop_check_every`` batches (one small all-reduce), as Lightning's ``EarlyStopping`` does.
+        """
+
+        def __init__(
+            self,
+            target: LosswatchLogger | Run | None = None,
+            *,
+            key: str = "train/loss",
+            log_lr: bool = True,
+            stop_check_every: int = 20,
+            grad_norm: str | None = "grad_norm",
+            log_step_metrics: bool = True,
+        ) -> None:
+            super().__init__()
+            self.grad_norm_key = grad_norm
+            self.log_step_metrics = log_step_metrics
+            self._grad_norm: Any = None  # the last optimizer step's norm (a tensor), logged with its batch
+            self._step_keys: dict[str, bool] = {}  # logged key -> whether it is a per-batch training value
+            self._last_values: dict[str, Any] = {}  # key -> the tensor logged last (skip values not re-logged)
+            self._target = target
+            self.key = key
+            self.log_lr = log_lr
+            self.stop_check_every = max(1, stop_check_every)
+            self._run: Run | None = None
+            self._batches = 0
+            self._stopped = False
+            self._distributed = False
+            self._lr_keys: list[list[str]] = []  # per optimizer, per param group (built once per layout)
+            self._layout: tuple[int, ...] = ()
+            self._kinds_sent = False
+
+        def _find_run(self, trainer: Any) -> Run | None:
+            if isinstance(self._target, Run):
+                return self._target
+            logger = self._target
+            if logger is None:
+                logger = next((lg for lg in trainer.loggers if isinstance(lg, LosswatchLogger)), None)
+            if logger is None:
+                raise RuntimeError(
+                    "LosswatchCallback found no LosswatchLogger among the trainer's loggers: pass "
+                    "L.Trainer(logger=LosswatchLogger(...)) or LosswatchCallback(run) with a losswatch Run"
+                )
+            run = logger.experiment
+            return run if isinstance(run, Run) else None  # a _DummyExperiment on other ranks
+
+        def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+            self._run = self._find_run(trainer)
+            self._batches = 0
+            self._distributed = trainer.world_size > 1
+            self._layout = ()
+            self._kinds_sent = False
+            self._grad_norm = None
+            self._last_values = {}
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            # called every batch: keep it to a few microseconds (keys and kinds are worked out once)
+            run = self._run
+            self._batches += 1
+            if run is not None:
+                self._log_batch(trainer, run, outputs)
+            if self._distributed or (run is not None and run.should_stop):
+                self._check_stop(trainer, run)
+
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            # after backward (and accumulation), before clipping and the step: the raw gradient norm
+            if self.grad_norm_key is None or self._run is None:
+                return
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"]
+                     if p.grad is not None and not p.grad.is_sparse]
+            if not grads:
+                return
+            import torch  # already imported: these are its tensors
+
+            norms = torch._foreach_norm(grads, 2.0)  # what clip_grad_norm_ computes, one kernel per device
+            total = torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]), 2.0)
+            self._grad_norm = total if self._grad_norm is None else torch.linalg.vector_norm(
+                torch.stack([self._grad_norm, total.to(self._grad_norm.device)]), 2.0)  # several optimizers
+
+        def _step_metrics(self, trainer: Any, values: dict[str, Any]) -> None:
+            """What the module self.log-ged at this batch with on_step, as Lightning names it for its
+            loggers (no sync: the tensors are Lightning's own step values)."""
+            kinds = self._step_keys
+            last = self._last_values
+            for key, value in _step_values(trainer):
+                ok = kinds.get(key)
+                if ok is None:
+                    ok = kinds[key] = not (_EVAL_KEY.match(key) or key.endswith("_epoch") or key == "epoch")
+                if not ok or key in values or last.get(key) is value:
+                    continue
+                if type(value) is float or is_number(value):
+                    values[key] = value
+                    last[key] = value
+
+        def _lr_layout(self, optimizers: list[Any]) -> list[list[str]]:
+            layout = tuple(len(opt.param_groups) for opt in optimizers)
+            if layout != self._layout:
+                self._layout = layout
+                self._kinds_sent = False
+                self._lr_keys = [
+                    [f"lr/opt{i}/pg{j}" if len(layout) > 1 else ("lr" if n == 1 else f"lr/pg{j}") for j in range(n)]
+                    for i, n in enumerate(layout)
+                ]
+            return self._lr_keys
+
+        def _log_batch(self, trainer: Any, run: Run, outputs: Any) -> None:
+            values: dict[str, Any] = {}
+            loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+            if loss is not None:  # a tensor (run.log detaches it) or a number; anything else is dropped there
+                values[self.key] = loss
+            if self.log_step_metrics:
+                self._step_metrics(trainer, values)
+            if self._grad_norm is not None:
+                values[self.grad_norm_key] = self._grad_norm  # type: ignore[index]
+                self._grad_norm = None
+            if self.log_lr:
+                optimizers = trainer.optimizers
+                for opt, keys in zip(optimizers, self._lr_layout(optimizers), strict=False):
+                    for key, group in zip(keys, opt.param_groups, strict=False):
+                        lr = group.get("lr")
+                        if lr is not None:
+                            values[key] = lr
+            if not values:
+                return
+            if self._kinds_sent:
+                run.log(values, step=trainer.fit_loop.total_batch_idx)
+            else:  # kinds stay with the run: say them once
+                kinds = {key: "lr" for keys in self._lr_keys for key in keys}
+                kinds[self.key] = "loss"
+                if self.grad_norm_key is not None:
+                    kinds[self.grad_norm_key] = "grad_norm"
+                run.log(values, step=trainer.fit_loop.total_batch_idx, kinds=kinds)
+                self._kinds_sent = True
+
+        def _check_stop(self, trainer: Any, run: Run | None) -> None:
+            wants = run is not None and run.should_stop  # other ranks have no run: they follow rank zero
+            if self._distributed:
+                if self._batches % self.stop_check_every:
+                    return
+                stop = bool(trainer.strategy.reduce_boolean_decision(wants, all=False))
+            else:
+                stop = wants
+            if stop and not self._stopped:
+                self._stopped = True
+                trainer.should_stop = True
+                alerts = run.alerts if run is not None else []
+                reason = ", ".join(f"{a.get('rule')} on {a.get('series')}" for a in alerts) or "an alert on rank zero"
+                log.warning("losswatch: stopping the fit after batch %d: %s", trainer.fit_loop.total_batch_idx, reason)
+
+    for cls in (LosswatchLogger, LosswatchCallback):
+        cls.__module__ = module
+        cls.__qualname__ = cls.__name__
+    return LosswatchLogger, LosswatchCallback
