@@ -1,11 +1,13 @@
 """The collector thread: from the run's queue to encoded columnar batches.
 
 ``Run.log()`` appends ``(step, {key: value}, wall_time, is_eval)`` to a deque and nothing more. This
-thread drains the deque into one column per key, and cuts a batch when ``flush_every`` points are
-pending or ``flush_interval`` seconds have passed (or on ``flush()``/``finish()``). Cutting converts
-the values (tensors in bulk, see :mod:`losswatch.client.values`), drops points that cannot be sent
-(with a warning), encodes the batch once with :mod:`losswatch.client.wire` and hands it to the
-sender.
+thread moves whole ``log()`` calls off the deque, and cuts a batch when ``flush_every`` points are
+pending or ``flush_interval`` seconds have passed (or on ``flush()``/``finish()``). Cutting works in
+bulk, not point by point: runs of calls with the same keys are transposed into one column per key
+by ``zip``, columns of plain numbers become ``array`` objects at once, and the batch is encoded once
+by :mod:`losswatch.client.wire` (binary columnar, or JSON for a transport that takes only JSON).
+Columns holding anything else (tensors, fetched in bulk by :mod:`losswatch.client.values`; numpy
+scalars; bad steps or values, dropped with a warning) take the slow way.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ from __future__ import annotations
 import logging
 import operator
 import random
+import sys
 import threading
 import time
+from array import array
 from collections import deque
+from collections.abc import Sequence
+from itertools import chain, groupby
 from typing import Any
 
 from losswatch.client import wire
@@ -56,7 +62,7 @@ class Collector(threading.Thread):
         self._kinds = kinds  # the run's explicit kinds (the run may add to it)
         self._guessed: dict[str, str] = {}
         self._suffix = key_suffix
-        self._cols: dict[Any, tuple[list[Any], list[Any], list[float], bool]] = {}
+        self._pending: list[tuple[Any, dict[Any, Any], float, bool]] = []  # drained log() calls
         self._npending = 0
         self._requests: deque[Cut] = deque()
         self._updates: deque[bytes] = deque()  # run.update() bodies, sent after the points logged before them
@@ -134,22 +140,21 @@ class Collector(threading.Thread):
             run._wake.clear()
 
     def _drain(self, limit: int) -> int:
+        """Move queued ``log()`` calls (whole ones) to the pending list until ``limit`` points;
+        they are turned into columns in bulk when the batch is cut. Calls are taken in slices
+        sized by the width of the first one waiting, so a slice of same-width calls ends at most
+        one call past ``limit``."""
         q = self._owner._q
-        cols = self._cols
+        popleft = q.popleft
         n = 0
         while n < limit:
-            try:
-                step, values, wall, is_eval = q.popleft()
-            except IndexError:
+            waiting = len(q)
+            if not waiting:
                 break
-            for key, value in values.items():
-                col = cols.get(key)
-                if col is None:
-                    col = cols[key] = ([], [], [], is_eval)
-                col[0].append(step)
-                col[1].append(value)
-                col[2].append(wall)
-            n += len(values)
+            width = len(q[0][1]) or 1
+            got = [popleft() for _ in range(min(waiting, -(-(limit - n) // width)))]
+            self._pending.extend(got)
+            n += sum(map(len, map(_second, got)))
         self._npending += n
         self._owner._n_out += n
         return n
@@ -164,14 +169,29 @@ class Collector(threading.Thread):
         return kind
 
     def _cut(self) -> None:
-        cols, self._cols, self._npending = self._cols, {}, 0
-        if not cols:
+        entries, self._pending, self._npending = self._pending, [], 0
+        if not entries:
             return
-        items = list(cols.items())
-        materialize([col[1] for _, col in items])
-        entries = []
+        cols = _columns(entries)
+        torch = sys.modules.get("torch")
+        slow: list[tuple[Any, list[Any], list[Any], list[float]]] = []
+        ready: dict[Any, tuple[array[int], array[float], array[float]]] = {}
+        shared: dict[int, Any] = {}  # the step and wall columns of a run of calls, converted once for all its keys
+        for raw_key, (steps, values, walls, _) in cols.items():
+            arrays = _fast_arrays(steps, values, walls, torch is not None, shared)
+            if arrays is None:
+                slow.append((raw_key, _flat(steps), _flat(values), _flat(walls)))
+            else:
+                ready[raw_key] = arrays
+        if slow:  # tensors (fetched in bulk across keys), numpy scalars, bad steps or values
+            materialize([values for _, _, values, _ in slow])
+            for raw_key, steps, values, walls in slow:
+                key = raw_key if type(raw_key) is str else str(raw_key)
+                steps, values, walls = self._clean(key, steps, values, walls)
+                ready[raw_key] = (array("q", steps), array("d", values), array("d", walls))
+        series = []
         total = 0
-        for raw_key, (steps, values, walls, is_eval) in items:
+        for raw_key, (_, _, _, is_eval) in cols.items():
             key = raw_key if type(raw_key) is str else str(raw_key)
             if not key or len(key) + len(self._suffix) > wire.MAX_KEY_LENGTH:
                 self._notices.report(
@@ -181,14 +201,18 @@ class Collector(threading.Thread):
                     LosswatchError(f"bad key {key[:80]!r}"),
                 )
                 continue
-            steps, values, walls = self._clean(key, steps, values, walls)
-            if steps:
-                entries.append(
-                    wire.series_entry(key + self._suffix, self._kind(key, is_eval), steps, values, walls)
-                )
-                total += len(steps)
-        if entries:
-            self._sender.put_points(wire.dumps(wire.batch(entries)), total)
+            steps_a, values_a, walls_a = ready[raw_key]
+            if steps_a:
+                series.append((key + self._suffix, self._kind(key, is_eval), steps_a, values_a, walls_a))
+                total += len(steps_a)
+        if not series:
+            return
+        if self._sender.columnar:
+            body = wire.encode_columnar(series)
+        else:
+            body = wire.dumps(wire.batch(
+                wire.series_entry(k, kind, s.tolist(), v.tolist(), w.tolist()) for k, kind, s, v, w in series))
+        self._sender.put_points(body, total)
 
     def _clean(
         self, key: str, steps: list[Any], values: list[Any], walls: list[float]
@@ -232,3 +256,72 @@ class Collector(threading.Thread):
                 LosswatchError(f"bad steps for {key!r}"),
             )
         return keep_s, keep_v, keep_w
+
+
+# key -> (steps, values, walls: each a list of parts, one per run of calls with the key; is_eval)
+_Columns = dict[Any, tuple[list[Sequence[Any]], list[Sequence[Any]], list[Sequence[float]], bool]]
+
+
+def _columns(entries: list[tuple[Any, dict[Any, Any], float, bool]]) -> _Columns:
+    """One column per key from ``log()`` calls, in bulk: consecutive calls with the same keys (the
+    usual training loop) are transposed at once by ``zip``, so no Python runs per point. The steps
+    and wall times of such a run of calls are one list shared by all its keys."""
+    cols: _Columns = {}
+    dicts = list(map(_second, entries))
+    pos = 0
+    for (keys, is_eval), group in groupby(zip(map(tuple, dicts), map(_fourth, entries), strict=True)):
+        m = len(list(group))
+        part = entries[pos : pos + m]
+        steps = list(map(_first, part))
+        walls = list(map(_third, part))
+        for key, column in zip(keys, zip(*map(dict.values, dicts[pos : pos + m]), strict=True), strict=True):
+            col = cols.get(key)
+            if col is None:
+                cols[key] = ([steps], [column], [walls], is_eval)
+            else:
+                col[0].append(steps)
+                col[1].append(column)
+                col[2].append(walls)
+        pos += m
+    return cols
+
+
+def _flat(parts: list[Sequence[Any]]) -> list[Any]:
+    return list(parts[0]) if len(parts) == 1 else list(chain.from_iterable(parts))
+
+
+def _fast_arrays(
+    steps: list[Sequence[Any]], values: list[Sequence[Any]], walls: list[Sequence[float]], torch_loaded: bool,
+    shared: dict[int, Any],
+) -> tuple[array[int], array[float], array[float]] | None:
+    """The columns (lists of parts) as arrays when every step is an int in range and every value a
+    plain number; None otherwise (the caller converts and cleans point by point). With torch
+    loaded, a column holding anything but float and int takes the slow way: a tensor must not be
+    read one by one. ``shared`` caches the arrays of step and wall parts that several keys share."""
+    if torch_loaded and not all(set(map(type, part)) <= _PLAIN for part in values):
+        return None
+    try:
+        values_a = array("d", values[0]) if len(values) == 1 else array("d", chain.from_iterable(values))
+        if len(steps) == 1:
+            steps_a = shared.get(id(steps[0]))
+            if steps_a is None:
+                steps_a = shared[id(steps[0])] = array("q", steps[0])
+                if steps_a and min(steps_a) < 0:
+                    shared[id(steps[0])] = False
+            walls_a = shared.get(id(walls[0]))
+            if walls_a is None:
+                walls_a = shared[id(walls[0])] = array("d", walls[0])
+        else:
+            steps_a = array("q", chain.from_iterable(steps))
+            if steps_a and min(steps_a) < 0:
+                return None
+            walls_a = array("d", chain.from_iterable(walls))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if steps_a is False:
+        return None
+    return steps_a, values_a, walls_a
+
+
+_PLAIN = frozenset({float, int})
+_first, _second, _third, _fourth = (operator.itemgetter(i) for i in range(4))

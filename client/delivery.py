@@ -11,6 +11,10 @@ Outcomes of a request:
 
 A 413 answer splits the batch in two halves and sends each, recursively; the size that was
 refused is remembered in :class:`Limits` so later batches of that size are split before sending.
+
+An ingest batch is JSON or the binary columnar body (``wire.is_columnar``). A server that does not
+take the binary body (415, or the 422 ``invalid_json`` of a server older than the encoding) gets
+that batch again in JSON, and :class:`Limits` remembers to send JSON from then on.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class Result:
 @dataclass
 class Limits:
     too_large: int | None = None  # smallest body size (bytes) the server refused with 413
+    json_only: bool = False  # the server refused a columnar body: send JSON
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -175,12 +180,26 @@ def split_batch(batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] 
     return {**batch, "series": first}, {**batch, "series": second}
 
 
+def _refuses_columnar(res: Result) -> bool:
+    return res.status == 415 or (res.status in (400, 422) and res.code in ("invalid_json", "unsupported_media_type"))
+
+
 def send_points(transport: Transport, run_id: str, body: bytes, limits: Limits) -> Result:
     """Send one ingest batch, splitting it on 413. The answers' data are collected in ``data`` (a list)."""
     answers: list[Any] = []
+    if limits.json_only or not getattr(transport, "columnar", False):
+        body = wire.to_json(body)
     res = _send(transport, run_id, body, None, limits, answers)
+    if wire.is_columnar(body) and _refuses_columnar(res):
+        limits.json_only = True
+        answers.clear()
+        res = _send(transport, run_id, wire.to_json(body), None, limits, answers)
     res.data = answers
     return res
+
+
+def _encode_like(body: bytes, half: dict[str, Any]) -> bytes:
+    return wire.batch_to_columnar(half) if wire.is_columnar(body) else wire.dumps(half)
 
 
 def _send(
@@ -198,7 +217,7 @@ def _send(
                 answers.append(res.data)
             elif res.outcome == "dropped":
                 if batch is None:
-                    batch = json.loads(body)
+                    batch = wire.loads_batch(body)
                 res.dropped_points = count_points(batch)
                 res.notes.append(("invalid", res.describe()))
             return res
@@ -207,7 +226,7 @@ def _send(
     else:
         first_note = None
     if batch is None:
-        batch = json.loads(body)
+        batch = wire.loads_batch(body)
     halves = split_batch(batch)
     if halves is None:
         res = Result("dropped", 413, "body_too_large", "a single point is larger than the server accepts")
@@ -218,7 +237,7 @@ def _send(
     if first_note:
         total.notes.append(first_note)
     for half in halves:
-        part = _send(transport, run_id, wire.dumps(half), half, limits, answers)
+        part = _send(transport, run_id, _encode_like(body, half), half, limits, answers)
         total.notes.extend(part.notes)
         total.dropped_points += part.dropped_points
         if part.outcome not in ("ok", "dropped"):

@@ -113,7 +113,14 @@ class Sender(threading.Thread):
 
     # ---- called by the collector -------------------------------------------------------------
 
+    @property
+    def columnar(self) -> bool:
+        """Whether batches should be encoded in binary: the transport takes it and the server has
+        not refused it (see :mod:`losswatch.client.delivery`). The spool keeps them as they are."""
+        return bool(getattr(self._transport, "columnar", False)) and not self._limits.json_only
+
     def put_points(self, body: bytes, points: int) -> int:
+        """An encoded batch: JSON, or binary when :attr:`columnar`."""
         return self._put("points", body, points)
 
     def put_update(self, body: bytes) -> int:
@@ -323,7 +330,9 @@ class Sender(threading.Thread):
                 assert record is not None
                 seq = int(record.get("seq") or 0)
                 if record["t"] == "points":
-                    item = (seq, "points", wire.dumps(record["body"]), delivery.count_points(record["body"]))
+                    body = spool.points_body(record)
+                    assert body is not None  # checked by _replayable
+                    item = (seq, "points", body, wire.count_points(body))
                 elif record["t"] == "update":
                     item = (seq, "update", wire.dumps(record["body"]), 0)
                 else:
@@ -342,7 +351,9 @@ class Sender(threading.Thread):
             log.warning("losswatch: skipped a damaged line of %s", self.spool.path if self.spool else "")
             return False
         t = record.get("t")
-        if t in ("points", "update") and isinstance(record.get("body"), dict):
+        if (t == "points" and spool.points_body(record) is not None) or (
+            t == "update" and isinstance(record.get("body"), dict)
+        ):
             ours = self.spool is not None and pos >= self.spool.start
             return not (ours and int(record.get("seq") or 0) <= self._sent)  # already sent from memory
         if t == "finish":
@@ -426,7 +437,7 @@ class Sender(threading.Thread):
                     "too_large",
                     f"losswatch: the server at {self._url} refused a batch as too large ({text}); "
                     "losswatch split it and sends smaller batches from now on. To avoid this, lower "
-                    "flush_every or raise LOSSWATCH_MAX_BODY_BYTES on the server.",
+                    "flush_every or raise the server's limit named above.",
                     None,
                 )
             else:

@@ -10,7 +10,9 @@ killed in the middle of a write) is skipped by every reader. Records:
 
 - ``{"t": "run", "v": 1, "project": ..., "run_id": ..., "create": {...}, "url": ..., "rank": ...}``
   the first line of every file: everything needed to create the run again (never the token);
-- ``{"t": "points", "seq": N, "body": {...ingest batch of losswatch.client.wire...}}``;
+- ``{"t": "points", "seq": N, "body": {...ingest batch of losswatch.client.wire...}}``, or
+  ``{"t": "points", "seq": N, "columnar": "<base64 of the binary columnar batch>"}`` (what the
+  client writes: no conversion when it spools; :func:`points_body` reads either);
 - ``{"t": "update", "seq": N, "body": {...}}`` a change of the run's fields (``Run.update``: the
   body of ``PATCH /api/v1/runs/{id}``);
 - ``{"t": "finish", "seq": N, "status": "finished"}`` once the run has ended.
@@ -23,6 +25,7 @@ spool of a living process alone. A spool that has been replayed is deleted.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -31,7 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from losswatch.client.wire import dumps
+from losswatch.client import settings
+from losswatch.client.wire import dumps, is_columnar
 
 try:
     import fcntl
@@ -44,7 +48,7 @@ SUFFIX = ".jsonl"
 
 def default_dir() -> Path:
     """``LOSSWATCH_SPOOL_DIR``, else ``~/.losswatch/spool``."""
-    env = os.environ.get("LOSSWATCH_SPOOL_DIR")
+    env = settings.spool_dir()
     return Path(env) if env else Path.home() / ".losswatch" / "spool"
 
 
@@ -53,7 +57,23 @@ def frame(payload: bytes) -> bytes:
 
 
 def points_payload(seq: int, body: bytes) -> bytes:
+    """The record of an ingest batch: a JSON body inline, a binary columnar one in base64."""
+    if is_columnar(body):
+        return b'{"t":"points","seq":%d,"columnar":"%s"}' % (seq, base64.b64encode(body))
     return b'{"t":"points","seq":%d,"body":%s}' % (seq, body)
+
+
+def points_body(record: dict[str, Any]) -> bytes | None:
+    """The ingest body (JSON or binary columnar) of a points record; None if it holds neither."""
+    if isinstance(record.get("body"), dict):
+        return dumps(record["body"])
+    if isinstance(record.get("columnar"), str):
+        try:
+            body = base64.b64decode(record["columnar"], validate=True)
+        except ValueError:
+            return None
+        return body if is_columnar(body) else None
+    return None
 
 
 def update_payload(seq: int, body: bytes) -> bytes:

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from losswatch.client import delivery, spool, wire
-from losswatch.client.transport import DEFAULT_URL, HTTPTransport, Transport
+from losswatch.client import delivery, settings, spool, wire
+from losswatch.client.transport import HTTPTransport, Transport
 
 
 def sync_dir(
@@ -45,7 +45,7 @@ def sync_dir(
     if not directory.is_dir():
         return report
     files = sorted(directory.glob("*" + spool.SUFFIX), key=lambda p: (p.stat().st_mtime, p.name))
-    token = token or os.environ.get("LOSSWATCH_TOKEN") or None
+    token = settings.token(token)
     transports: dict[str, Transport] = {}
     try:
         for file in files:
@@ -100,8 +100,8 @@ def _sync_file(
                 if not created:
                     _create(t, header, retries)
                     created = True
-                if kind == "points" and isinstance(record.get("body"), dict):
-                    body = wire.dumps(record["body"])
+                body = spool.points_body(record) if kind == "points" else None
+                if body is not None:
                     res = _retrying(retries, delivery.send_points, t, run_id, body, delivery.Limits())
                     if res.outcome == "missing_run":
                         _create(t, header, retries)
@@ -110,7 +110,7 @@ def _sync_file(
                         raise _Failed(res.describe())
                     for _, note in res.notes:
                         report["warnings"].append(f"{file.name}: {note}")
-                    n = delivery.count_points(record["body"])
+                    n = wire.count_points(body)
                     points += n - res.dropped_points
                     dropped += res.dropped_points
                     batches += 1
@@ -147,7 +147,7 @@ def _sync_file(
 
 
 def _transport_for(url: str | None, token: str | None, cache: dict[str, Transport]) -> Transport:
-    url = url or os.environ.get("LOSSWATCH_URL") or DEFAULT_URL
+    url = settings.url(url)
     if url not in cache:
         cache[url] = HTTPTransport(url, token)
     return cache[url]

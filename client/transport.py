@@ -3,9 +3,14 @@
 Anything with ``request(method, path, body) -> (status, headers, body)`` can stand in for
 :class:`HTTPTransport` (``losswatch.init(transport=...)``, ``sync_dir(transport=...)``): tests pass a
 transport that calls the app in process, as httpx's mock and ASGI transports do. ``path`` starts
-with ``/api/v1``; ``body`` is the encoded JSON request body or ``None``; ``headers`` in the answer
+with ``/api/v1``; ``body`` is the encoded request body or ``None``; ``headers`` in the answer
 is a dict with lower-case names. A transport raises :class:`TransportError` when no HTTP answer
 came back; an error status is an answer, not an exception.
+
+Bodies are JSON, except ingest batches to a transport whose ``columnar`` attribute is true: those
+are the binary columnar body of :mod:`losswatch.client.wire`, and the transport sends them with
+``Content-Type: wire.content_type(body)`` (:class:`HTTPTransport` does). A transport without the
+attribute gets JSON only.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import socket
 import urllib.parse
 from typing import Protocol
 
+from losswatch.client import wire
 from losswatch.client.errors import TransportError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -35,6 +41,8 @@ class HTTPTransport:
     Not thread-safe: the client uses it from its sender thread only. A connection the server
     closed while idle is reopened once at once (every losswatch request is idempotent).
     """
+
+    columnar = True  # ingest batches go out in the binary columnar encoding
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 15.0) -> None:
         parts = urllib.parse.urlsplit(url)
@@ -67,7 +75,7 @@ class HTTPTransport:
     def request(self, method: str, path: str, body: bytes | None = None) -> Response:
         headers = dict(self._headers)
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = wire.content_type(body)
         reused = self._conn is not None
         for attempt in (0, 1):
             try:
