@@ -1,5 +1,5 @@
-"""Per-point cost of the detectors (``evaluate_series`` with every default rule on a loss series), and
-the labelled detection benchmark of bench/detection_bench.py.
+"""Per-point cost of the detectors (``evaluate_series`` with every default rule on a loss series), the
+labelled detection corpus scored by bench/detection_bench.py, and the share of ingest time detection takes.
 
     python bench/detectors.py            # prints the dict of measure()
 """
@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import math
 import random
+import tempfile
 import time
 from typing import Any
+
+import numpy as np
 
 from losswatch.server.detectors import RuleConfig, evaluate_series
 
@@ -58,11 +61,86 @@ def measure_detector_cost(points: int = 200_000, batch: int = 500, repeat: int =
 
 
 def measure_detection(quick: bool = False) -> dict[str, Any]:
-    """The labelled benchmark (bench/detection_bench.py, rules in bench/DETECTION.md): about 5 minutes
-    with its curves cached under bench/work/detection/, plus about 4 minutes the first time (torch runs)."""
+    """The labelled corpus scored (bench/detection_bench.py over bench/corpus/, rules in bench/DETECTION.md)."""
     import detection_bench
 
     return detection_bench.measure(quick=quick)
+
+
+MIX = (("train/loss", "loss"), ("train/loss/box", "loss_component"), ("train/loss/cls", "loss_component"),
+       ("train/loss/dfl", "loss_component"), ("lr", "lr"), ("grad_norm", "grad_norm"),
+       ("train/accuracy", "metric"), ("train/precision", "metric"))
+
+
+def _bodies(first_step: int, count: int, steps_per_batch: int, rng: np.random.Generator) -> list[bytes]:
+    out = []
+    for b in range(count):
+        s0 = first_step + b * steps_per_batch
+        t = np.arange(s0, s0 + steps_per_batch)
+        base = 0.5 + 2.0 * np.exp(-t / 20_000)
+        vals = {
+            "train/loss": base * rng.lognormal(0, 0.3, len(t)),
+            "train/loss/box": base / 3 * rng.lognormal(0, 0.3, len(t)),
+            "train/loss/cls": base / 3 * rng.lognormal(0, 0.3, len(t)),
+            "train/loss/dfl": base / 3 * rng.lognormal(0, 0.3, len(t)),
+            "lr": np.full(len(t), 1e-3),
+            "grad_norm": rng.lognormal(0, 0.5, len(t)),
+            "train/accuracy": 1 - base / 3 + rng.normal(0, 0.01, len(t)),
+            "train/precision": 1 - base / 4 + rng.normal(0, 0.01, len(t)),
+        }
+        out.append(json.dumps({"series": [{"key": k, "kind": kd, "steps": t.tolist(), "values": vals[k].tolist()}
+                                          for k, kd in MIX]}).encode())
+    return out
+
+
+def measure_ingest_cost(quick: bool = False) -> dict[str, Any]:
+    """Points per second through the real ingest use case (``services.ingest.ingest``: parse, record,
+    detect, alerts) on SQLite, with the detectors and with ``monitor.evaluate_batch`` replaced by a
+    no-op; batches of 10,000 points (1,250 steps of the 8 series of MIX). Rounds alternate."""
+    from losswatch.server.db import Database, upgrade
+    from losswatch.server.schemas import RunCreate
+    from losswatch.server.services import ingest, monitor, runs
+    from losswatch.server.settings import Settings
+
+    rounds, per_round = (3, 6) if quick else (7, 12)
+    steps_per_batch = 10_000 // len(MIX)
+    with tempfile.TemporaryDirectory() as d:
+        url = f"sqlite:///{d}/bench.db"
+        upgrade(url)
+        db = Database(Settings(database_url=url, auth="off"))
+        with db.write() as s:
+            run_on = runs.create_run(s, "bench", RunCreate(name="with"), create_project=True)[0].id
+            run_off = runs.create_run(s, "bench", RunCreate(name="without"), create_project=True)[0].id
+        rng = np.random.default_rng(0)
+        real = monitor.evaluate_batch
+        times: dict[str, list[float]] = {"with": [], "without": []}
+        step = {"with": 0, "without": 0}
+        for r in range(rounds + 1):
+            for mode, rid in (("without", run_off), ("with", run_on)):
+                bodies = _bodies(step[mode], per_round, steps_per_batch, rng)
+                step[mode] += per_round * steps_per_batch
+                monitor.evaluate_batch = real if mode == "with" else (lambda *a, **k: [])  # type: ignore[assignment]
+                try:
+                    t0 = time.perf_counter()
+                    for b in bodies:
+                        ingest.ingest(db, rid, b)
+                    dt = time.perf_counter() - t0
+                finally:
+                    monitor.evaluate_batch = real  # type: ignore[assignment]
+                if r:  # the first round warms up caches and creates the series
+                    times[mode].append(dt)
+        db.dispose()
+    pts = per_round * steps_per_batch * len(MIX)
+    med = {m: float(np.median(v)) for m, v in times.items()}
+    with_, without = pts / med["with"], pts / med["without"]
+    return {
+        "batch_points": steps_per_batch * len(MIX),
+        "mix": ", ".join(f"{k} ({kd})" for k, kd in MIX) + "; every series every step",
+        "without_detectors_points_per_s": round(without),
+        "with_detectors_points_per_s": round(with_),
+        "detection_cost_%": round(100 * (1 - with_ / without), 1),
+        "rounds": f"{rounds} alternating rounds of {per_round} batches; medians",
+    }
 
 
 if __name__ == "__main__":

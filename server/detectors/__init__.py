@@ -23,6 +23,7 @@ from losswatch.server.detectors.driver import (
     series_level,
 )
 from losswatch.server.detectors.pairs import Misalignment, Overfitting, spearman
+from losswatch.server.detectors.plateau import Plateau
 from losswatch.server.detectors.pointwise import NonFinite, Spike
 from losswatch.server.detectors.rules import (
     REASONS,
@@ -35,7 +36,7 @@ from losswatch.server.detectors.rules import (
     resolve_config,
 )
 from losswatch.server.detectors.stalled import Stalled
-from losswatch.server.detectors.trend import Divergence, Plateau
+from losswatch.server.detectors.trend import Divergence
 
 __all__ = [
     "Finding",

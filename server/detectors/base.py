@@ -178,10 +178,9 @@ class Detector:
 
     rule: ClassVar[str] = ""
     severity: ClassVar[str] = "warning"
-
-    @classmethod
-    def parameter_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+    #: state entries a new segment keeps (the run's starting level: a resumed run is judged against
+    #: where the run started, not where it resumed)
+    keep: ClassVar[tuple[str, ...]] = ()
 
     def params(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -274,8 +273,10 @@ class Detector:
                 )
             )
         seg = st["seg"] + 1
+        kept = {k: st.get(k) for k in self.keep}
         st.clear()
         st.update(self._fresh())
+        st.update(kept)
         st["seg"] = seg
         st["last"] = None
 

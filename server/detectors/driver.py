@@ -28,6 +28,7 @@ from losswatch.server.detectors.base import (
     encode_number,
     increasing,
 )
+from losswatch.server.detectors.incidents import EXPLAINED, chain, explain, series_level
 from losswatch.server.detectors.pointwise import resolve_level
 from losswatch.server.detectors.rules import SERIES_RULES, RuleConfig
 
@@ -35,6 +36,8 @@ STATE_VERSION = 1
 LEVEL_WINDOW = 50
 _ORDER = {r: i for i, r in enumerate(SERIES_RULES)}
 _EVAL_LAST = {"metric": 1}  # training-side series first: paired rules read their current level
+_LEVEL_KINDS = ("loss", "loss_component", "grad_norm")
+BASE_WINDOW = 2000  # the slow level an alert's explanation compares with
 
 
 def evaluate_series(
@@ -58,19 +61,36 @@ def evaluate_series(
     contains the last point seen with the same value, and those points are skipped. Any other step
     that goes backwards starts a new segment. The server can also pass only new or changed points.
     """
+    st, findings, _ = _evaluate(rule_states, key, kind, steps, values, config, context, False)
+    return st, findings
+
+
+def _evaluate(
+    rule_states: Mapping[str, Any] | None,
+    key: str,
+    kind: str,
+    steps: Sequence[int],
+    values: Sequence[float],
+    config: RuleConfig,
+    context: Mapping[str, Any] | None,
+    want_path: bool,
+) -> tuple[dict[str, Any], list[Finding], tuple[list[int], list[float]] | None]:
     ctx = context or {}
     st: dict[str, Any] = {"v": STATE_VERSION} if not rule_states else dict(rule_states)
     steps, values = _skip_replay(st.get("last"), steps, values)
     if not steps:
-        return st, []
+        return st, [], None
     arr = None
     if len(steps) >= FAST_MIN:
         total = sum(values)
         if total - total == 0.0 and increasing(st["last"][0] if st.get("last") else None, steps):
             arr = np.array(values, dtype=float)  # all finite, no resume inside: numpy fast paths
-    st["level"] = _level(st.get("level"), steps, values, arr)
+    path = None
+    if kind in _LEVEL_KINDS:  # only losses are read by the paired rules (overfitting, misalignment)
+        st["level"], path = _level(st.get("level"), steps, values, arr, want_path, clip=kind != "grad_norm")
     findings: list[Finding] = []
     divergence = None
+    before = {r: ((st.get(r) or {}).get("active"), (st.get(r) or {}).get("onset")) for r in ("spike", "divergence")}
     for rule in config.rules_for(key, kind):
         det = config.detector(rule)
         prev = st.get(rule)
@@ -86,15 +106,10 @@ def evaluate_series(
     if any(f.rule == "divergence" and f.details.get("escalated_from") for f in findings):
         findings = _hand_over(findings, st, divergence)
     findings.sort(key=lambda f: (f.step, _ORDER.get(f.rule, 99)))
-    return st, findings
-
-
-def series_level(rule_states: Mapping[str, Any] | None) -> float | None:
-    """The smoothed level of a series (debiased EMA of its finite values), for paired rules."""
-    lv = (rule_states or {}).get("level")
-    if not lv or lv["n"] == 0:
-        return None
-    return lv["e"] / (1.0 - lv["p"])
+    if findings and (st.get("superseded") or any(
+            f.action == "fire" and f.rule in ("divergence", "non_finite") for f in findings)):
+        findings = chain(findings, st, before)
+    return st, findings, path
 
 
 def build_context(
@@ -140,8 +155,19 @@ def evaluate_run(
     learning rate after the batch. Training-side series are evaluated before metrics, so paired rules
     read current levels. Returns the new states (all keys of ``states`` plus the batch's) and the
     findings.
+
+    Batch invariance: what the rules find does not depend on how the run's points were cut into
+    batches. When the batch carries the run's ``lr`` series, each point gets the LR logged at or before
+    its step (points before the batch's first LR point keep the LR the rule saw last); an evaluation
+    point gets the paired training series' level at its own step, not the level at the end of the batch.
     """
     levels = {k: series_level(states.get(k)) for k in series_kinds}
+    paths: dict[str, tuple[list[int], list[float]]] = {}
+    levels_before: dict[str, float | None] = {}
+    lr_points = _lr_points(series_kinds, batch)
+    paired = any(
+        r in ("overfitting", "misalignment") for k in batch for r in config.rules_for(k, series_kinds[k])
+    )
     new = dict(states)
     findings: list[Finding] = []
     for key in sorted(batch, key=lambda k: _EVAL_LAST.get(series_kinds[k], 0)):
@@ -149,12 +175,67 @@ def evaluate_run(
         kind = series_kinds[key]
         if not len(steps) or not config.rules_for(key, kind):
             continue
-        ctx = build_context(key, kind, config, series_kinds, levels, lr=lr)
-        state, found = evaluate_series(states.get(key), key, kind, steps, values, config, ctx)
+        point_lr = _per_point_lr(lr_points, steps) if lr_points is not None else lr
+        ctx = build_context(key, kind, config, series_kinds, levels, lr=point_lr)
+        for name, pair in (("train_loss", "train_key"), ("loss", "loss_key")):
+            if pair in ctx and ctx[pair] in paths:
+                ctx[name] = _level_at(paths[ctx[pair]], steps, levels_before.get(ctx[pair]))
+        want = paired and kind != "metric"
+        state, found, path = _evaluate(states.get(key), key, kind, steps, values, config, ctx, want)
         new[key] = state
+        if path is not None:
+            levels_before[key] = levels.get(key)
+            paths[key] = path
         levels[key] = series_level(state)
         findings.extend(found)
+    if any(f.action == "fire" and f.rule in EXPLAINED for f in findings):
+        findings = [explain(f, new, series_kinds, lr_points, lr) if f.action == "fire" and f.rule in EXPLAINED
+                    else f for f in findings]
     return new, findings
+
+
+
+def _lr_points(series_kinds: Mapping[str, str], batch: Mapping[str, tuple[Sequence[int], Sequence[float]]]
+               ) -> tuple[list[int], list[float]] | None:
+    """The batch's LR points (steps increasing, finite values), or None (no LR series in the batch)."""
+    for k, (st, vs) in batch.items():
+        if series_kinds.get(k) == "lr" and len(st):
+            st, vs = list(st), list(vs)
+            return (st, vs) if increasing(None, st) else None
+    return None
+
+
+def _per_point_lr(lr_points: tuple[list[int], list[float]], steps: Sequence[int]) -> float | list[Any]:
+    """The LR in force at each step (the last LR point at or before it; None before the first)."""
+    ls, lv = lr_points
+    if len(set(lv)) == 1 and steps and steps[0] >= ls[0]:
+        return lv[0]
+    out: list[Any] = []
+    j = -1
+    prev = None
+    for s in steps:
+        if prev is not None and s < prev:
+            j = -1  # a resume inside the batch: look up from the start
+        while j + 1 < len(ls) and ls[j + 1] <= s:
+            j += 1
+        out.append(lv[j] if j >= 0 else None)
+        prev = s
+    return out
+
+
+def _level_at(path: tuple[list[int], list[float]], steps: Sequence[int], before: float | None) -> list[Any]:
+    """The paired series' level at each evaluation step: after its last point at or before the step."""
+    ps, pv = path
+    if ps and increasing(None, ps) and increasing(None, list(steps)):
+        idx = np.searchsorted(np.asarray(ps), np.asarray(steps), side="right") - 1
+        return [pv[k] if k >= 0 else before for k in idx.tolist()]
+    out: list[Any] = []
+    j = -1
+    for s in steps:
+        while j + 1 < len(ps) and ps[j + 1] <= s:
+            j += 1
+        out.append(pv[j] if j >= 0 else before)
+    return out
 
 
 def record_arrival(
@@ -192,32 +273,55 @@ def _skip_replay(
 
 
 def _level(
-    lv: Mapping[str, Any] | None, steps: Sequence[int], values: Sequence[float], arr: np.ndarray | None = None
-) -> dict[str, Any]:
-    """Debiased EMA of the finite values, each clipped at twice the level at the start of the batch
-    (for a positive level; ``level + |level|`` in general), so that one huge minibatch loss does not
-    move the level that paired rules read (a single 40× batch would otherwise shift a 50-point EMA
-    by 1.6×)."""
+    lv: Mapping[str, Any] | None, steps: Sequence[int], values: Sequence[float], arr: np.ndarray | None = None,
+    want_path: bool = False, clip: bool = True,
+) -> tuple[dict[str, Any], tuple[list[int], list[float]] | None]:
+    """Debiased EMA of the finite values, each clipped at three times the level before it (for a
+    positive level; ``level + 2·|level|`` in general), so that one huge minibatch loss does not move
+    the level that paired rules read (a single 40× batch would otherwise shift a 50-point EMA by
+    1.6×). Per point, so the level does not depend on how points were batched. With ``want_path``
+    also the (steps, levels) after each point, for evaluation points of the same batch. ``clip=False``
+    (gradient norms: no paired rule reads them, only an alert's explanation): a plain EMA."""
     a = alpha_of(LEVEL_WINDOW)
     b = 1.0 - a
+    a2 = alpha_of(BASE_WINDOW)
     if lv:
         n, e, p, last = lv["n"], lv["e"], lv["p"], lv["last"]
+        sb, pb = lv.get("b", 0.0), lv.get("pb", 1.0)
     else:
         n, e, p, last = 0, 0.0, 1.0, None
-    hi = math.inf if n == 0 else e / (1.0 - p) + abs(e / (1.0 - p))
+        sb, pb = 0.0, 1.0
     if arr is not None and (last is None or steps[0] > last):
         m = arr.shape[0]
-        y = arr if hi == math.inf else np.minimum(arr, hi)
-        return {"n": n + m, "e": float(ema_path(e, y, a)[-1]), "p": p * b**m, "last": steps[-1]}
+        path = ema_path(e, arr, a)
+        pw = p * b ** np.arange(1, m + 1, dtype=float)
+        lev = path / (1.0 - pw)
+        prev = np.concatenate(([e / (1.0 - p) if n else np.inf], lev[:-1]))
+        if not clip or not (arr > prev + 2.0 * np.abs(prev)).any():  # nothing to clip: the closed form is exact
+            out = {"n": n + m, "e": float(path[-1]), "p": float(pw[-1]), "last": steps[-1],
+                   "b": float(ema_path(sb, arr, a2)[-1]), "pb": pb * (1.0 - a2) ** m}
+            return out, ((list(steps), lev.tolist()) if want_path else None)
+    ps: list[int] = []
+    pl: list[float] = []
     for s, v in zip(steps, values, strict=True):
         if last is not None and s <= last:
-            n, e, p, hi = 0, 0.0, 1.0, math.inf
+            n, e, p, sb, pb = 0, 0.0, 1.0, 0.0, 1.0
         last = s
         if v - v == 0.0:
+            if n and clip:
+                lvl = e / (1.0 - p)
+                hi = lvl + 2.0 * abs(lvl)
+                if v > hi:
+                    v = hi
             n += 1
-            e = b * e + a * (v if v < hi else hi)
+            e = b * e + a * v
             p *= b
-    return {"n": n, "e": e, "p": p, "last": last}
+            sb = (1.0 - a2) * sb + a2 * v
+            pb *= 1.0 - a2
+        if want_path and n:
+            ps.append(s)
+            pl.append(e / (1.0 - p))
+    return {"n": n, "e": e, "p": p, "last": last, "b": sb, "pb": pb}, ((ps, pl) if want_path else None)
 
 
 def _hand_over(findings: list[Finding], st: dict[str, Any], divergence: Any) -> list[Finding]:

@@ -44,11 +44,13 @@ class Overfitting(Detector):
     severity = "warning"
     patience: int = 3
     min_delta: float = 0.02
+    deviations: float = 2.0
     warmup: int = 2
 
     def __post_init__(self) -> None:
         check_int(self, "patience", 1)
         check_float(self, "min_delta", 0.0)
+        check_float(self, "deviations", 0.0)
         check_int(self, "warmup", 0)
 
     def _fresh(self) -> dict[str, Any]:
@@ -66,6 +68,13 @@ class Overfitting(Detector):
             st["n"] += 1
             best, prev_train = st["best"], st["prev_train"]
             st["prev_train"] = tr
+            pv, pp = st["prev_val"], st.get("prev2")
+            if pv is not None and pp is not None:
+                # evaluation noise from second differences (a trend does not inflate them): for
+                # independent noise σ, |v − 2v' + v''| has mean √6·σ·√(2/π) ≈ 1.95σ
+                d2 = abs(v - 2.0 * pv + pp) / 1.95
+                st["noise"] = d2 if st.get("noise") is None else 0.7 * st["noise"] + 0.3 * d2
+            st["prev2"] = pv
             if best is None or v < best:
                 st.update(best=v, best_step=s, train_at_best=tr, streak=0, prev_val=v)
                 if st["active"]:
@@ -83,7 +92,10 @@ class Overfitting(Detector):
                 # one level per batch): no news about the training loss, so the streak stands still
                 st["prev_val"] = v
                 continue
-            if v > best + self.min_delta * abs(best) and prev_train is not None and tr < prev_train:
+            margin = max(self.min_delta * abs(best), self.deviations * (st.get("noise") or 0.0))
+            if v > best + margin and prev_train is not None and tr < prev_train and tr < st["train_at_best"]:
+                # the training loss must also be below its level at the best: after a blow-up the
+                # validation loss rises and the training loss falls back, which is not overfitting
                 if st["streak"] == 0:
                     st["before"] = st["prev_val"]
                     st["first"] = s
@@ -150,8 +162,8 @@ class Misalignment(Detector):
     misaligned when the correlation is below ``threshold``, the loss improved by more than
     ``min_delta`` (relative) over the window and the metric's best in the window beats its first value
     by no more than ``metric_delta`` (relative). Fires after ``patience`` misaligned evaluations in a
-    row. Resolves when the correlation is back above ``threshold + 0.4`` (0.7 by default, about the
-    5% critical value of a rank correlation over 8 points) or the loss stops improving.
+    row. Resolves when the correlation is back above ``threshold + 0.4`` and the metric improves by more
+    than ``metric_delta`` over the window, or when the loss stops improving.
     Consecutive points with the same loss level (the server passes one level per ingest batch, so a
     metric logged every step has many) are one evaluation: the latest metric value wins.
     State: the last ``window`` (loss, metric) pairs.
@@ -170,13 +182,17 @@ class Misalignment(Detector):
     severity = "warning"
     mode: str = "max"
     loss_mode: str = "min"
-    window: int = 8
+    window: int = 6
     threshold: float = 0.3
-    min_delta: float = 0.05
+    min_delta: float = 0.1
     metric_delta: float = 0.02
-    patience: int = 3
+    patience: int = 2
+    ceiling: float = 0.05
+    spacing: int = 10
 
     def __post_init__(self) -> None:
+        check_float(self, "ceiling", 0.0, 1.0)
+        check_int(self, "spacing", 1)
         check_choice(self, "mode", ("min", "max"))
         check_choice(self, "loss_mode", ("min", "max"))
         check_int(self, "window", 3)
@@ -196,29 +212,51 @@ class Misalignment(Detector):
         w = self.window
         lsign = 1.0 if self.loss_mode == "min" else -1.0
         msign = 1.0 if self.mode == "max" else -1.0
-        if n > 1 and not isinstance(context.get("loss"), (list, tuple)):
-            # one loss level for the batch (what the server passes): one evaluation, the latest metric
-            i = n - 1
-            steps, values, losses = steps[i:], values[i:], losses[i:]
+        gap = self.spacing
+        if arr is not None and n > 2 * gap and ss and None not in losses:
+            # many points (a metric logged every step): only each evaluation's first point is judged and
+            # its last one kept, so visit those (numpy finds them); the others cannot change anything
+            keep: list[int] = []
+            g0 = st.get("g0", ss[-1])
+            for i, s in enumerate(steps):
+                if s - g0 >= gap:  # the first point of the next evaluation; the one before closed the last
+                    if i and (not keep or keep[-1] != i - 1):
+                        keep.append(i - 1)
+                    keep.append(i)
+                    g0 = s
+            if not keep or keep[-1] != n - 1:
+                keep.append(n - 1)
+            steps = [steps[k] for k in keep]
+            values = [values[k] for k in keep]
+            losses = [losses[k] for k in keep]
         for s, v, lv in zip(steps, values, losses, strict=True):
             if v - v != 0.0 or lv is None or lv - lv != 0.0:
                 continue
-            if ls and lv == ls[-1]:
-                # the loss level has not moved since the last pair (several metric points per level,
-                # e.g. a metric logged every step): they are one evaluation, the latest value wins
-                ms[-1], ss[-1] = v, s
-            else:
-                ls.append(lv)
-                ms.append(v)
-                ss.append(s)
-                if len(ls) > w:
-                    del ls[0], ms[0], ss[0]
+            if ss and s - st.get("g0", ss[-1]) < gap:
+                # within `spacing` steps of the evaluation's first point (a metric logged every step):
+                # the same evaluation, the latest value wins; judged at its first point
+                ls[-1], ms[-1], ss[-1] = lv, v, s
+                continue
+            st["g0"] = s
+            ls.append(lv)
+            ms.append(v)
+            ss.append(s)
+            if len(ls) > w:
+                del ls[0], ms[0], ss[0]
             if len(ls) < w:
                 continue
             gain = lsign * (ls[0] - ls[-1]) / (abs(ls[0]) or 1.0)
-            rho = spearman([-lsign * x for x in ls], [msign * x for x in ms])
-            rise = msign * ((max(ms) if msign > 0 else min(ms)) - ms[0]) / (abs(ms[0]) or 1.0)
-            bad = gain > self.min_delta and rho < self.threshold and rise <= self.metric_delta
+            top = max(ms) if msign > 0 else min(ms)
+            rise = msign * (top - ms[0]) / (abs(ms[0]) or 1.0)
+            # a metric on [0, 1] within `ceiling` of its bound (accuracy 0.97, r² 0.99) has no room to follow
+            near_bound = (1.0 - top <= self.ceiling and max(ms) <= 1.0) if msign > 0 else (
+                0.0 <= min(ms) and top <= self.ceiling)
+            rho = 1.0
+            if gain > self.min_delta and rise <= self.metric_delta and not near_bound:
+                rho = spearman([-lsign * x for x in ls], [msign * x for x in ms])
+            elif st["active"]:
+                rho = spearman([-lsign * x for x in ls], [msign * x for x in ms])
+            bad = gain > self.min_delta and rho < self.threshold and rise <= self.metric_delta and not near_bound
             streak = st.get("streak", 0) + 1 if bad else 0
             st["streak"] = streak
             if streak == 1:
@@ -237,7 +275,7 @@ class Misalignment(Detector):
                         key, st["first"], {"rho": rho, "loss_gain": gain, "evaluations": streak},
                     )
                 )
-            elif st["active"] and (rho >= self.threshold + 0.4 or gain <= 0.0):
+            elif st["active"] and ((rho >= self.threshold + 0.4 and rise > self.metric_delta) or gain <= 0.0):
                 st["active"] = False
                 why = f"rank correlation {rho:+.2f}" if gain > 0.0 else f"{loss_key} no longer improving"
                 out.append(

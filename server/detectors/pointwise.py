@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,12 +127,15 @@ class Spike(Detector):
 
     rule = "spike"
     severity = "warning"
+    keep = ("l0",)
     mode: str = "min"
     window: int = 128
     rtol: float = 0.9
-    deviations: float = 3.0
+    deviations: float = 6.0
     min_points: int = 3
-    single_rtol: float = 0.0
+    single_rtol: float = 9.0
+    single_severity: str = "info"
+    floor: float = 0.1
     recovery: int = 500
     warmup: int = 50
     finite_only: bool = True
@@ -143,6 +147,8 @@ class Spike(Detector):
         check_float(self, "deviations", 0.0)
         check_int(self, "min_points", 1)
         check_float(self, "single_rtol", 0.0)
+        check_choice(self, "single_severity", ("info", "warning", "critical"))
+        check_float(self, "floor", 0.0)
         check_int(self, "recovery", 1)
         check_int(self, "warmup", 1)
         check_bool(self, "finite_only")
@@ -162,46 +168,27 @@ class Spike(Detector):
         self._loop(st, steps, values, key, out)
 
     def _quiet(self, st: dict[str, Any], steps: Any, arr: np.ndarray) -> int | None:
-        """numpy path while nothing fires: the EMAs in closed form over the points that do not exceed
-        (exceeding points are left out of them, as in the loop; found by fixed-point iteration).
-        Returns None when the batch cannot fire (state updated), else the index where the loop must
-        take over, with the state advanced to just before it."""
+        """numpy path while no point exceeds: the EMAs in closed form. Returns None when no point of
+        the batch exceeds (state updated), else the index of the first that does, with the state
+        advanced to just before it (the loop takes over there)."""
         sign = 1.0 if self.mode == "min" else -1.0
         a = alpha_of(self.window)
         b = 1.0 - a
         y = arr if sign > 0 else -arr
         n = y.shape[0]
         em0, ed0, p0, k0 = st["em"], st["ed"], st["p"], st.get("k", 0)
-        span = self.min_points + 2
-        over = np.zeros(n, dtype=bool)
-        for _ in range(4):
-            keep = ~over
-            yk = y[keep]
-            before = np.cumsum(keep) - keep  # kept points before each point
-            em = np.concatenate(([em0], ema_path(em0, yk, a)))
-            pw = p0 * b ** np.arange(0, yk.shape[0] + 1, dtype=float)
-            c = 1.0 - pw[before]
-            m_prev = em[before] / c
-            ed = np.concatenate(([ed0], ema_path(ed0, np.abs(yk - m_prev[keep]), a)))
-            thr = m_prev + np.maximum(self.rtol * np.abs(m_prev), self.deviations * ed[before] / c)
-            now = y > thr
-            if np.array_equal(now, over):
-                break
-            over = now
-        else:
-            return 0
-        if over.any():
-            counts = np.convolve(over, np.ones(span, dtype=int))[:n]
-            if (counts >= self.min_points).any() or self.single_rtol > 0.0:
-                t = int(np.argmax(counts >= self.min_points)) if (counts >= self.min_points).any() else n
-                j = int(np.argmax(over[max(0, t - span + 1):])) + max(0, t - span + 1) if t < n else int(np.argmax(over))
-                i = int(before[j])
-                st.update(em=float(em[i]), ed=float(ed[i]), p=float(pw[i]), k=k0 + j)
-                st["ex"] = []
-                return j
+        em = np.concatenate(([em0], ema_path(em0, y, a)))
+        pw = p0 * b ** np.arange(0, n + 1, dtype=float)
+        m_prev = em[:-1] / (1.0 - pw[:-1])
+        ed = np.concatenate(([ed0], ema_path(ed0, np.abs(y - m_prev), a)))
+        thr = m_prev + np.maximum(np.maximum(self.rtol * np.abs(m_prev), self.deviations * ed[:-1] / (1.0 - pw[:-1])),
+                                  self.floor * abs(st.get("l0") or 0.0))
+        over = y > thr
+        if over.any():  # an exceeding point is winsorised in the loop: hand over exactly there
+            j = int(np.argmax(over))
+            st.update(em=float(em[j]), ed=float(ed[j]), p=float(pw[j]), k=k0 + j)
+            return j
         st.update(em=float(em[-1]), ed=float(ed[-1]), p=float(pw[-1]), k=k0 + n)
-        lo = max(0, n - span + 1)
-        st["ex"] = [[k0 + i + 1, steps[i]] for i in (np.flatnonzero(over[lo:]) + lo).tolist()]
         return None
 
     def _loop(self, st, steps, values, key, out) -> None:  # type: ignore[no-untyped-def]
@@ -214,9 +201,18 @@ class Spike(Detector):
         n, em, ed, p = st["n"], st["em"], st["ed"], st["p"]
         active = st["active"]
         k, ex, span = st.get("k", 0), st.setdefault("ex", []), self.min_points + 2
+        floor = self.floor * abs(st.get("l0") or 0.0)
         for s, v in zip(steps, values, strict=True):
             if v - v == 0.0:
                 y = sign * v
+            elif not active and ex and n >= warmup:
+                # a jump that runs straight into Inf/NaN: report the spike too (non_finite has the point)
+                active = True
+                st.update(onset=ex[0][1], base=em / (1.0 - p), peak=math.inf, ea=0.0, pa=1.0, sev="warning",
+                          rec_level=em / (1.0 - p) * (1.0 + 0.5 * rtol), thr=em / (1.0 - p) * (1.0 + rtol), nex=0)
+                ex.clear()
+                out.append(self._finding("fire", s, v, st, key, sign, into=True))
+                continue
             elif self.finite_only or v != v:
                 continue
             else:
@@ -229,6 +225,11 @@ class Spike(Detector):
                 level = ea / (1.0 - pa)
                 if y > st["peak"]:
                     st["peak"] = y
+                if st.get("sev") == "info" and y > st["thr"]:
+                    st["nex"] = st.get("nex", 1) + 1
+                    if st["nex"] >= self.min_points:  # the single batch was the start of a real spike
+                        st["sev"] = "warning"
+                        out.append(self._finding("fire", s, v, st, key, sign))
                 if level < st["rec_level"]:
                     active = False
                     out.append(self._finding("resolve", s, v, st, key, sign))
@@ -238,6 +239,9 @@ class Spike(Detector):
                     n, em, ed, p = 0, 0.0, 0.0, 1.0  # learn the new level as the baseline
                 continue
             if n < warmup:
+                if n == 0 and st.get("l0") is None:  # the run's first level: a jump below `floor` of it is noise
+                    st["l0"] = y
+                    floor = self.floor * abs(y)
                 n += 1
                 em = b * em + a * y
                 p *= b
@@ -248,34 +252,44 @@ class Spike(Detector):
             m = em / c
             d = ed / c
             am = abs(m)
-            thr = m + max(rtol * am, dev * d)
+            thr = m + max(rtol * am, dev * d, floor)
             k += 1
             while ex and k - ex[0][0] >= span:
                 del ex[0]
             if y > thr:
                 ex.append([k, s])
-                if len(ex) >= self.min_points or (single > 0.0 and y > m + max(single * am, dev * d)):
+                many = len(ex) >= self.min_points
+                if many or (single > 0.0 and y > m + max(single * am, dev * d, floor)):
                     active = True
                     st.update(
                         onset=ex[0][1], base=m, rec_level=m + 0.5 * min(thr - m, rtol * am), peak=y,
-                        ea=y * fa, pa=fb, thr=thr,
+                        ea=y * fa, pa=fb, thr=thr, sev="warning" if many else self.single_severity, nex=len(ex),
                     )
                     ex.clear()
                     out.append(self._finding("fire", s, v, st, key, sign))
-                continue
-            yw = y if y < thr else thr
+                    continue
+            yw = y if y < thr else thr  # an exceeding point enters the baseline winsorised at the threshold
             em = b * em + a * yw
             p *= b
             ed = b * ed + a * abs(yw - m)
         st.update(n=n, em=em, ed=ed, p=p, k=k, active=active)
 
-    def _finding(self, action: str, s: int, v: float, st: dict[str, Any], key: str, sign: float) -> Finding:
+    def _finding(
+        self, action: str, s: int, v: float, st: dict[str, Any], key: str, sign: float, into: bool = False
+    ) -> Finding:
         base = sign * st["base"]
         label = series_label(key)
-        if action == "fire":
-            direction = "jumped to" if sign > 0 else "dropped to"
+        sev = st.get("sev") or self.severity
+        if action == "fire" and into:
             reason = (
-                f"{label} spiked: {direction} {num(v)} at step {s:,}, {ratio_text(v, base)} its baseline "
+                f"{label} spiked from step {st['onset']:,} and ran into {num(v)} at step {s:,} (baseline "
+                f"{num(base)})"
+            )
+        elif action == "fire":
+            direction = "jumped to" if sign > 0 else "dropped to"
+            one = " (a single batch)" if sev == "info" else ""
+            reason = (
+                f"{label} spiked{one}: {direction} {num(v)} at step {s:,}, {ratio_text(v, base)} its baseline "
                 f"{num(base)} (threshold {num(sign * st['thr'])})"
             )
         else:
@@ -283,7 +297,8 @@ class Spike(Detector):
                 f"{label} recovered from the spike at step {st['onset']:,}: {num(v)} at step {s:,} is "
                 f"back near its baseline {num(base)} (peak {num(sign * st['peak'])})"
             )
-        return Finding(self.rule, action, s, v, base, self.severity, reason, key, st["onset"])
+        return Finding(self.rule, action, s, v, base, sev, reason, key, st["onset"],
+                       {"single_batch": True} if sev == "info" else {})
 
     def _escalation(self, s: int, v: float, level: float, st: dict[str, Any], key: str, sign: float) -> list[Finding]:
         base = sign * st["base"]
