@@ -22,6 +22,8 @@ ROUTES: list[tuple[str, str, str, Any]] = [
     ("GET", "/api/v1/projects/{project}/runs", "read", None),
     ("POST", "/api/v1/projects/{project}/runs", "write", {"name": "x"}),
     ("POST", "/api/v1/projects/{project}/tokens", "admin", {"scope": "read"}),
+    ("GET", "/api/v1/projects/{project}/tokens", "admin", None),
+    ("DELETE", "/api/v1/projects/{project}/tokens/{token_id}", "admin", None),
     ("GET", "/api/v1/runs/{run_id}", "read", None),
     ("PATCH", "/api/v1/runs/{run_id}", "write", {"notes": "n"}),
     ("POST", "/api/v1/runs/{run_id}/finish", "write", {"status": "finished"}),
@@ -34,6 +36,8 @@ ROUTES: list[tuple[str, str, str, Any]] = [
     # alerts, their rule configuration and the channels
     ("GET", "/api/v1/projects/{project}/alerts", "read", None),
     ("GET", "/api/v1/runs/{run_id}/alerts", "read", None),
+    ("POST", "/api/v1/projects/{project}/alerts/{alert_id}/ack", "write", None),
+    ("DELETE", "/api/v1/projects/{project}/alerts/{alert_id}/ack", "write", None),
     ("GET", "/api/v1/projects/{project}/alert-config", "read", None),
     ("PUT", "/api/v1/projects/{project}/alert-config", "admin", {"plateau": False}),
     ("GET", "/api/v1/runs/{run_id}/alert-config", "read", None),
@@ -58,18 +62,24 @@ ROUTES: list[tuple[str, str, str, Any]] = [
     ("POST", MLFLOW + "/runs/log-parameter", "write", {"run_id": "{run_id}", "key": "p", "value": "v"}),
     ("POST", MLFLOW + "/runs/set-tag", "write", {"run_id": "{run_id}", "key": "t", "value": "v"}),
     ("GET", MLFLOW + "/metrics/get-history?run_id={run_id}&metric_key=l", "read", None),
+    ("GET", MLFLOW + "/metrics/get-history-bulk-interval?run_ids={run_id}&metric_key=l", "read", None),
+    ("POST", MLFLOW + "/runs/search", "read", {"experiment_ids": ["{exp_id}"]}),
 ]
 # Routes that carry no project. Each has its own test below.
 UNSCOPED = {
     ("GET", "/api/v1/projects"),  # lists only the caller's project
     ("GET", "/healthz"),  # liveness, no data
+    ("GET", "/static/wire.js"),  # the contract constants of losswatch.client.wire, for the page scripts
     ("POST", MLFLOW + "/experiments/create"),  # makes a project: only without auth (no project token may)
     *((m, MLFLOW + "/{path:path}") for m in ("GET", "POST", "PATCH", "DELETE")),  # "not implemented", no data
+    *((m, MLFLOW + "/artifacts/{path:path}") for m in ("GET", "POST", "PUT", "DELETE")),  # "not stored", no data
+    *((m, "/api/2.0/mlflow-artifacts/{path:path}") for m in ("GET", "POST", "PUT", "DELETE", "PATCH")),
+    *((m, MLFLOW + "/experiments/search") for m in ("GET", "POST")),  # lists only the caller's project
     ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
 }
 # Dashboard pages: HTML shells whose scripts call the API above; they must not show another
 # project's data, nor tell whether a project or run exists.
-PAGES = ["/p/{project}", "/p/{project}/compare", "/p/{project}/alerts", "/runs/{run_id}"]
+PAGES = ["/p/{project}", "/p/{project}/compare", "/p/{project}/alerts", "/p/{project}/tokens", "/runs/{run_id}"]
 PAGE_ROUTES = {("GET", "/"), ("GET", "/login"), ("POST", "/login"), ("POST", "/logout"),
                *(("GET", p.replace("{run_id}", "{run_id}")) for p in PAGES)}
 SCOPES = ("read", "write", "admin")
@@ -87,6 +97,10 @@ def world(db_url: str) -> Any:
             for project in ("a", "b"):
                 for scope in SCOPES:
                     tokens[(project, scope)] = create_token(s, NAMES[project], scope, f"{project}-{scope}")[1]
+            spare: dict[str, int] = {}
+            for project in NAMES:  # revoked by the DELETE .../tokens/{token_id} entry of the table
+                row, tokens[(project, "spare")] = create_token(s, NAMES[project], "read", "spare")
+                spare[project] = row.id
         db.dispose()
         ids: dict[str, dict[str, Any]] = {}
         for key, project in NAMES.items():
@@ -95,12 +109,14 @@ def world(db_url: str) -> Any:
                                                                    "config": {"secret_lr": 0.123}}, headers=h).json()
             c.post(f"/api/v1/runs/{run['id']}/points", headers=h,
                    json={"series": [{"key": "l", "steps": [1], "values": [1.0]}]})
+            nan = c.post(f"/api/v1/runs/{run['id']}/points", headers=h,  # an alert to acknowledge
+                         json={"series": [{"key": "train/loss", "kind": "loss", "steps": [1, 2], "values": [1.0, "NaN"]}]})
             ch = c.post(f"/api/v1/projects/{project}/channels", headers=h,
                         json={"name": "hook", "kind": "webhook", "config": {"url": "http://127.0.0.1:9/hook"}})
             assert ch.status_code == 201, ch.text
             exp = c.get(MLFLOW + "/experiments/get-by-name", params={"experiment_name": project}, headers=h)
-            ids[key] = {"project": project, "run_id": run["id"], "channel_id": ch.json()["id"],
-                            "exp_id": exp.json()["experiment"]["experiment_id"]}
+            ids[key] = {"project": project, "run_id": run["id"], "channel_id": ch.json()["id"], "token_id": spare[key],
+                        "alert_id": nan.json()["alerts"][0]["id"], "exp_id": exp.json()["experiment"]["experiment_id"]}
         yield c, tokens, ids
 
 
@@ -127,7 +143,8 @@ def error_of(r: Any) -> tuple[str, str]:
     return body["error_code"], body["message"]
 
 
-_CODES = {401: ("unauthorized", "UNAUTHENTICATED"), 403: ("forbidden", "PERMISSION_DENIED")}
+_CODES = {401: ("unauthorized", "UNAUTHENTICATED"), 403: ("forbidden", "PERMISSION_DENIED"),
+          404: ("project_not_found", "run_not_found", "RESOURCE_DOES_NOT_EXIST")}
 
 
 def all_routes(routes: Any, prefix: str = "") -> Any:
@@ -160,11 +177,11 @@ def test_route_access(world: Any, method: str, path: str, scope: str, body: Any)
     assert r.status_code == 401 and error_of(r)[0] in _CODES[401], r.text
     r = call(c, method, path, body, a, "lw_000000000000_forged")
     assert r.status_code == 401, r.text
-    # A token of project B, whatever its scope, gets nothing of project A, and learns nothing of it.
+    # A token of project B, whatever its scope, gets nothing of project A, and learns nothing of it:
+    # the 404 a missing project, run or experiment gets (issue 12), not a 403 that says it exists.
     r = call(c, method, path, body, a, tokens[("b", "admin")])
-    assert r.status_code == 403 and error_of(r)[0] in _CODES[403], r.text
-    assert "project 'proj-b'" in error_of(r)[1]
-    assert SECRET_NAME not in r.text and "0.123" not in r.text
+    assert r.status_code == 404 and error_of(r)[0] in _CODES[404], r.text
+    assert SECRET_NAME not in r.text and "0.123" not in r.text and "proj-b" not in r.text
     for have in SCOPES:
         r = call(c, method, path, body, a, tokens[("a", have)])
         if SCOPES.index(have) < SCOPES.index(scope):
@@ -239,7 +256,7 @@ def test_query_mixing_runs_of_two_projects_is_forbidden(world: Any) -> None:
     c, tokens, ids = world
     r = c.get("/api/v1/query", params={"run": [ids["a"]["run_id"], ids["b"]["run_id"]]},
               headers={"Authorization": f"Bearer {tokens[('a', 'read')]}"})
-    assert r.status_code == 403
+    assert r.status_code == 404  # another project's run: as if it did not exist
 
 
 def test_malformed_authorization_header(world: Any) -> None:
@@ -270,7 +287,7 @@ def test_token_cookie_works_like_the_header(world: Any) -> None:
     c.cookies.set("losswatch_token", tokens[("a", "read")])
     try:
         assert c.get(f"/api/v1/runs/{runs['a']}").status_code == 200
-        assert c.get(f"/api/v1/runs/{runs['b']}").status_code == 403
+        assert c.get(f"/api/v1/runs/{runs['b']}").status_code == 404
     finally:
         c.cookies.clear()
 
