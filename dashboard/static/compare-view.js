@@ -25,7 +25,9 @@ export function renderChips(box, { runs, colors, hidden, removable, collapsed, o
       "aria-pressed": hidden.has(id) ? "false" : "true", onclick: () => onToggle(id) },
     el("span", { class: "run-name", text: runLabel(run) }));
     const chip = el("span", { class: "chip" + (hidden.has(id) ? " off" : ""), dataset: { run: id } }, pick, toggle,
-      el("a", { href: runUrl(id), class: "chip-link", title: `open run ${id}`, text: "↗" }),
+      // The run page keeps the run's colour of this view.
+      el("a", { href: `${runUrl(id)}?colors=${encodeURIComponent(`${id}:${color.slice(1)}`)}`, class: "chip-link",
+        title: `open run ${id}`, text: "↗" }),
       el("span", { class: statusClass(run.status), text: run.status || "" }));
     chip.addEventListener("mouseenter", () => onHighlight(id));
     chip.addEventListener("mouseleave", () => onHighlight(null));
@@ -125,7 +127,11 @@ export function renderAlerts(list, alerts, runs, { expanded, onZoom, onExpand })
   clear(list);
   const limit = expanded ? 20 : 3;
   for (const a of alerts.slice(0, limit)) {
-    const item = el("li", { class: "alert sev-" + String(a.severity).replace(/[^a-z]/g, "") + " st-" + String(a.status).replace(/[^a-z]/g, "") },
+    // One line each (cut with an ellipsis; the whole alert on hover), so that alerts with long run names
+    // do not push the first chart down.
+    const title = `${a.status} · ${runLabel(runs.get(a.run))} · ${a.series} · ${a.rule} at step ${fmtNum(a.onset_step)}: ${a.message}`;
+    const item = el("li", { class: "alert sev-" + String(a.severity).replace(/[^a-z]/g, "") + " st-" + String(a.status).replace(/[^a-z]/g, ""),
+      title },
       el("span", { class: "badge", text: a.status }), " ",
       el("span", { class: "mono", text: runLabel(runs.get(a.run)) }), " · ",
       el("span", { class: "mono", text: a.series }), " · ", el("b", { text: a.rule }),

@@ -76,6 +76,23 @@ export async function api(path, params = {}, { signal } = {}) {
   return res.json();
 }
 
+/** POST/PUT/DELETE a JSON body (same origin, JSON content type: what the server's CSRF check wants). */
+export async function send(method, path, body = {}) {
+  const res = await fetch(apiUrl(path), { method, credentials: "same-origin",
+    headers: { Accept: "application/json", "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  if (res.status === 401) {
+    location.assign(loginUrl());
+    throw new ApiError(401, "unauthorized", "sign-in required");
+  }
+  let answer = null;
+  try { answer = await res.json(); } catch { /* empty or not JSON */ }
+  if (!res.ok) {
+    const err = answer && answer.error ? answer.error : {};
+    throw new ApiError(res.status, err.code, err.message || res.statusText, err.details);
+  }
+  return answer;
+}
+
 /** A wire value (number or "NaN"/"Infinity"/"-Infinity") as a JS number; null stays null. */
 export function num(value) {
   if (typeof value === "number") return value;
@@ -140,6 +157,35 @@ export function fmtTime(iso) {
     hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
+/** "just now", "3 min ago", "2 h ago", "5 days ago" ("in 3 min" for a clock ahead of ours). */
+export function fmtAgo(iso, now = Date.now()) {
+  const t = Date.parse(iso);
+  if (!iso || Number.isNaN(t)) return "—";
+  const s = (now - t) / 1000;
+  const a = Math.abs(s);
+  let text;
+  if (a < 45) return "just now";
+  if (a < 3600) text = `${Math.round(a / 60)} min`;
+  else if (a < 86400) text = `${Math.round(a / 3600)} h`;
+  else if (a < 86400 * 60) { const d = Math.round(a / 86400); text = `${d} day${d === 1 ? "" : "s"}`; }
+  else return new Date(t).toLocaleDateString(undefined, { year: "numeric", month: "short", day: "numeric" });
+  return s >= 0 ? `${text} ago` : `in ${text}`;
+}
+
+/** A <time> showing fmtAgo(iso), the full date on hover; refreshAgo() keeps it current. */
+export function timeAgo(iso) {
+  if (!iso) return "—";
+  return el("time", { class: "ago", datetime: iso, title: fmtTime(iso), text: fmtAgo(iso) });
+}
+
+export function refreshAgo(root = document) {
+  const now = Date.now();
+  for (const t of root.querySelectorAll("time.ago")) {
+    const text = fmtAgo(t.getAttribute("datetime"), now);
+    if (t.textContent !== text) t.textContent = text;
+  }
+}
+
 export function fmtDuration(seconds) {
   if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "—";
   const s = Math.round(Math.abs(seconds));
@@ -170,29 +216,9 @@ export function flatten(obj, prefix = "", out = []) {
   return out;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Colours: a run keeps its colour on every panel and every page (hash of its id).
+// Colours: palette.js (one palette for the runs table, the run page and the compare view).
 
-function fnv1a(text) {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    h ^= text.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h >>> 0;
-}
-
-export function runHue(runId) {
-  return Math.round(((fnv1a(String(runId)) * 0.6180339887) % 1) * 360);
-}
-
-export function runColor(runId, alpha = 1) {
-  const hue = runHue(runId);
-  const light = hue > 40 && hue < 200 ? 36 : 48; // greens and yellows are darker so they read on white
-  return alpha >= 1 ? `hsl(${hue}, 75%, ${light}%)` : `hsla(${hue}, 75%, ${light}%, ${alpha})`;
-}
-
-export const KIND_ORDER = ["loss", "loss_component", "metric", "lr", "grad_norm", "other"];
+export { SERIES_KINDS as KIND_ORDER } from "./wire.js";  // generated from losswatch.client.wire
 export const KIND_TITLES = {
   loss: "Loss", loss_component: "Loss components", metric: "Evaluation metrics",
   lr: "Learning rate", grad_norm: "Gradient norm", other: "Other series",

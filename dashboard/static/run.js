@@ -3,6 +3,8 @@ import { el, clear, api, apiUrl, setStatus, fetchAlerts, fmtNum, fmtTime, fmtVal
   runDuration, runLabel, projectUrl, timeAgo, KIND_ORDER } from "./lib.js";
 import { mountCompare } from "./compare.js";
 import { mountRunPanels } from "./run-panels.js";
+import { readState } from "./compare-state.js";
+import { assignColors } from "./palette.js";
 
 const runId = document.body.dataset.run;
 const status = document.getElementById("status");
@@ -28,7 +30,10 @@ async function main() {
 
   // One line above the charts: what a person checks first.
   const head = document.getElementById("run-head");
-  head.append(...[el("span", { class: "badge status-" + String(run.status).replace(/[^a-z]/g, ""), text: run.status }),
+  // The run's colour in its charts: the palette's first, or the slot the runs table gave it (?colors=<id>:<slot>).
+  const color = assignColors([run.id], readState(location.search, [run.id]).colors).colors.get(run.id);
+  head.append(...[el("span", { class: "swatch", id: "run-swatch", title: "this run's colour", style: `background:${color}`,
+    dataset: { color } }),el("span", { class: "badge status-" + String(run.status).replace(/[^a-z]/g, ""), text: run.status }),
     el("span", { class: "muted" }, "created ", timeAgo(run.created_at)),
     el("span", { class: "muted", text: "duration " + fmtDuration(runDuration(run)) }),
     run.group ? el("span", { class: "muted" }, "group ", el("span", { class: "mono", text: run.group })) : null,

@@ -3,10 +3,11 @@
 // While a run on the page is running, durations and "… ago" tick every second and the page is
 // read again every LIVE_EVERY seconds (not while the tab is hidden).
 
-import { el, clear, api, setStatus, fetchAlerts, fmtNum, fmtValue, fmtDuration, runColor, runDuration,
+import { el, clear, api, setStatus, fetchAlerts, fmtNum, fmtValue, fmtDuration, runDuration,
   runLabel, runUrl, projectUrl, timeAgo, refreshAgo } from "./lib.js";
 import { columnCatalog, configValue, loadChoice, isVisible, ordered, renderManager } from "./runs-columns.js";
 import { fetchSparks, sparkline } from "./sparkline.js";
+import { PALETTE } from "./palette.js";
 
 const project = document.body.dataset.project;
 const form = document.getElementById("filters");
@@ -34,6 +35,11 @@ let lastRuns = [];
 let alertCounts = new Map();
 let sparks = new Map();
 let signature = "";
+// Colours, as W&B gives them: a run's colour is the palette slot of its row (page offset included), the
+// same palette as the compare view; the compare link and the run link carry the slots (colors=<id>:<slot>),
+// so a run has the same colour in the table, in the compare view and on its page.
+let slotOf = new Map();
+const seenSlots = new Map(); // slots of runs seen on any page, for a selection across pages
 let localSort = null; // {id, desc} for columns the API cannot sort (tags, alerts, duration)
 let choice = loadChoice(project);
 let inflight = false;
@@ -118,9 +124,11 @@ function nameCell(r) {
   const box = el("input", { type: "checkbox", "aria-label": "select " + runLabel(r), dataset: { run: r.id } });
   box.checked = selected.has(r.id);
   box.addEventListener("change", () => { if (box.checked) selected.add(r.id); else selected.delete(r.id); updateSelection(); });
+  const slot = slotOf.get(r.id) ?? 0;
   return el("td", { class: "pin" }, el("span", { class: "name-cell" }, box,
-    el("span", { class: "swatch", style: `background:${runColor(r.id)}` }),
-    el("a", { href: runUrl(r.id), class: "run-name", text: runLabel(r), title: `${runLabel(r)} · ${r.id}` })));
+    el("span", { class: "swatch", style: `background:${PALETTE[slot]}`, dataset: { slot: String(slot) } }),
+    el("a", { href: `${runUrl(r.id)}?colors=${encodeURIComponent(`${r.id}:${slot}`)}`, class: "run-name",
+      text: runLabel(r), title: `${runLabel(r)} · ${r.id}` })));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -263,9 +271,16 @@ function render({ focusCol = null } = {}) {
     for (const col of cols) tr.append(el("td", { class: col.cls || "", dataset: { col: col.id } }, renderCell(col, r)));
     return tr;
   };
+  let groups = null;
   if (state.groupby) {
-    const groups = new Map();
+    groups = new Map();
     for (const r of rows) { const g = groupValue(r); groups.set(g, [...(groups.get(g) || []), r]); }
+  }
+  // A run's colour follows its row (folded groups keep their slots, so folding never recolours).
+  const order = groups ? [...groups.values()].flat() : rows;
+  slotOf = new Map(order.map((r, i) => [r.id, (state.offset + i) % PALETTE.length]));
+  for (const [id, slot] of slotOf) seenSlots.set(id, slot);
+  if (groups) {
     for (const [name, members] of groups) {
       tbody.append(groupRow(name, members, cols));
       if (!folded.has(name)) for (const r of members) tbody.append(runRow(r));
@@ -397,9 +412,26 @@ document.getElementById("clear-filters").addEventListener("click", () => {
 prev.addEventListener("click", () => { state.offset = Math.max(0, state.offset - LIMIT); load(); });
 next.addEventListener("click", () => { state.offset += LIMIT; load(); });
 groupBy.addEventListener("change", () => setGroupBy(groupBy.value));
+
+/** The compare view of the selected runs (in the order they were ticked), each keeping its table colour. */
+function compareHref(ids, slots) {
+  const taken = new Set(), pins = [];
+  for (const id of ids) {
+    const slot = slots.get(id);
+    // Two ticked runs twenty rows apart share a slot: the later one is left unpinned and the compare
+    // view gives it a free colour (as does a run never shown in this table).
+    if (slot === undefined || taken.has(slot)) continue;
+    taken.add(slot);
+    pins.push(`${id}:${slot}`);
+  }
+  const q = new URLSearchParams({ runs: ids.join(",") });
+  if (pins.length) q.set("colors", pins.join(","));
+  return `${projectUrl(project)}/compare?${q.toString().replace(/%2C/g, ",").replace(/%3A/g, ":")}`;
+}
+
 compareButton.addEventListener("click", () => {
   if (!selected.size) return;
-  location.assign(`${projectUrl(project)}/compare?runs=${[...selected].map(encodeURIComponent).join(",")}`);
+  location.assign(compareHref([...selected], seenSlots));
 });
 
 setInterval(() => {

@@ -1,0 +1,69 @@
+"""The query path of a sweep (issue 11): many runs x series read in batched SELECTs, a 32..63-step bucket
+width answered at 64 from the roll-ups; every series' buckets still match a brute-force bucketing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from losswatch.client import wire
+from losswatch.server import chunks
+from losswatch.server.services import query as query_service
+from tests.api.test_points import brute_buckets, ingest, new_run
+
+
+@pytest.mark.parametrize("lo,hi,buckets,width", [
+    (0, 19_999, 595, 64),      # 34 steps would decode every point; 64 reads the roll-ups (313 buckets)
+    (0, 19_999, 300, 128),     # already a roll-up width before
+    (5_000, 10_000, 595, 9),   # a zoom: finer than the roll-ups, raw points
+    (0, 999, 2000, 1),
+])
+def test_bucket_width(lo: int, hi: int, buckets: int, width: int) -> None:
+    got = query_service.bucket_width(lo, hi, buckets)
+    assert got == width
+    assert (hi // got) - (lo // got) + 1 <= buckets
+    if got >= chunks.ROLLUP_STEPS:
+        assert got % chunks.ROLLUP_STEPS == 0
+        assert (hi // got) - (lo // got) + 1 >= buckets // 2  # at least half the buckets asked for
+
+
+def _sweep(client: Any, runs: int, steps: np.ndarray) -> tuple[list[str], dict[tuple[str, str], np.ndarray]]:
+    ids, values = [], {}
+    for i in range(runs):
+        rid = new_run(client, name=f"sweep-{i}")
+        ids.append(rid)
+        entries = []
+        for j, key in enumerate(("train/loss", "lr", "grad_norm")):
+            # Different lengths per run, so series need different chunk ranges.
+            n = steps.shape[0] - 1500 * i
+            v = np.sin(steps[:n] / (50.0 + 7 * i + j)) + 10 * i + j
+            v[(37 * (i + 1) + j) % n] = np.nan
+            values[(rid, key)] = v
+            entries.append(wire.series_entry(key, wire.guess_kind(key), steps[:n].tolist(), v.tolist()))
+        ingest(client, rid, entries)
+    return ids, values
+
+
+@pytest.mark.parametrize("buckets,start,end", [(595, 0, 10**9), (300, 0, 10**9), (400, 2_000, 4_500), (50, 3_000, 3_040)])
+def test_many_series_match_brute_force(client: Any, buckets: int, start: int, end: int,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # A small fetch budget, so that the series are spread over several SELECTs.
+    monkeypatch.setattr(query_service, "FETCH_CHUNKS", 9)
+    steps = np.arange(0, 6_000, dtype=np.int64)
+    ids, values = _sweep(client, 3, steps)
+    r = client.get("/api/v1/query", params={"run": ids, "buckets": buckets, "start": start, "end": end})
+    assert r.status_code == 200, r.text
+    series = r.json()["series"]
+    assert [(s["run"], s["key"]) for s in series] == [(rid, k) for rid in ids for k in ("grad_norm", "lr", "train/loss")]
+    for s in series:
+        v = values[(s["run"], s["key"])]
+        st = steps[: v.shape[0]]
+        width = s["width"]
+        assert len(s["step"]) <= buckets
+        lo, hi = max(start, int(st[0])), min(end, int(st[-1]))
+        m = (st >= lo // width * width) & (st <= hi // width * width + width - 1)
+        want = brute_buckets(st[m], v[m], width)
+        for field in want:
+            assert s[field] == want[field], (s["run"], s["key"], field)
