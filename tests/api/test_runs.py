@@ -73,3 +73,47 @@ def test_list_pages(client: Any) -> None:
     seed(client)
     r = client.get("/api/v1/projects/p/runs", params={"sort": "name", "limit": 3, "offset": 2})
     assert names(r) == ["run-2", "run-3"] and r.json()["total"] == 4 and r.json()["limit"] == 3
+
+
+def test_tag_filter_matches_whole_tags_in_sql(client: Any) -> None:
+    """The tag filter runs in SQL (JSONB containment on PostgreSQL, json_each on SQLite): whole tags
+    only, never a substring, a LIKE pattern or a JSON fragment; several tags mean all of them."""
+    tagsets = [["a"], ["ab"], ["a", "ab"], ["%"], ["_"], ['quo"te'], ["a b"], ["тег"], ['["a"]'], [], ["A"]]
+    ids = [client.post("/api/v1/projects/p/runs", json={"name": f"run-{i:02d}", "tags": t}).json()["id"]
+           for i, t in enumerate(tagsets)]
+    get = lambda *tags: names(client.get("/api/v1/projects/p/runs", params={"sort": "name", "tag": list(tags)}))  # noqa: E731
+    assert get("a") == ["run-00", "run-02"]
+    assert get("ab") == ["run-01", "run-02"]
+    assert get("a", "ab") == ["run-02"]
+    assert get("ab", "a", "a") == ["run-02"]
+    assert get("%") == ["run-03"] and get("_") == ["run-04"] and get('quo"te') == ["run-05"]
+    assert get("a b") == ["run-06"] and get("тег") == ["run-07"] and get('["a"]') == ["run-08"]
+    assert get("A") == ["run-10"] and get("b") == [] and get("") == []
+    assert get("a", "missing") == []
+    r = client.get("/api/v1/projects/p/runs", params={"tag": "a", "sort": "-max:val/x", "limit": 1})
+    assert r.json()["total"] == 2 and [x["id"] for x in r.json()["runs"]] == [ids[0]]
+    r = client.get("/api/v1/projects/p/runs", params={"tag": "a", "config.lr": "1", "limit": 5})
+    assert r.status_code == 200 and r.json()["total"] == 0
+
+
+def test_a_listed_run_is_exactly_the_run_read_alone(client: Any) -> None:
+    """The list builds its answer from plain columns, not from RunRead models: every run in it is
+    the same JSON, key for key and in the same key order, as GET /runs/{id} (NaN/Inf, times, nesting)."""
+    ids = seed(client)
+    rid = ids["run-3"]
+    client.post(f"/api/v1/runs/{rid}/points", json={"series": [
+        wire.series_entry("train/loss", "loss", [0, 1, 2], [1.5, float("inf"), float("nan")]),
+        wire.series_entry("lr", "lr", [5], [float("-inf")], wall_times=[1_700_000_000.25])]})
+    client.patch(f"/api/v1/runs/{rid}", json={"notes": "n", "config": {"a": {"b": [1, 2.5, None, "x"]}, "t": True}})
+    listed = client.get("/api/v1/projects/p/runs", params={"limit": 1000}).json()["runs"]
+    assert len(listed) == 4
+    for run in listed:
+        alone = client.get(f"/api/v1/runs/{run['id']}").json()
+        assert run == alone and list(run) == list(alone)
+        for key, summary in run["summary"].items():
+            assert list(summary) == list(alone["summary"][key])
+    three = next(r for r in listed if r["id"] == rid)
+    assert three["summary"]["train/loss"]["last"] == "NaN" and three["summary"]["lr"]["last"] == "-Infinity"
+    assert three["summary"]["lr"]["last_wall"] == 1_700_000_000.25
+    assert three["created_at"].endswith("Z") and three["config"]["a"]["b"] == [1, 2.5, None, "x"]
+    assert [r["name"] for r in listed] == ["run-3", "run-2", "run-1", "run-0"]  # newest first

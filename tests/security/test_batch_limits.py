@@ -113,8 +113,8 @@ def test_sorting_by_a_series_summary_pages_correctly_and_summarises_only_the_pag
     want_desc = sorted(have, key=lambda rid: (-expect[rid], order[rid])) + missing  # type: ignore[operator]
     want_asc = sorted(have, key=lambda rid: (expect[rid], order[rid])) + missing
     seen: list[list[str]] = []
-    real = runs_service._summaries
-    monkeypatch.setattr(runs_service, "_summaries", lambda s, ids: seen.append(list(ids)) or real(s, ids))
+    real = runs_service._page_rows
+    monkeypatch.setattr(runs_service, "_page_rows", lambda s, p, ids: seen.append(list(ids)) or real(s, p, ids))
     got: list[str] = []
     for offset in range(0, 120, 25):
         r = c.get("/api/v1/projects/p/runs", params={"sort": "-max:val/x", "limit": 25, "offset": offset})
@@ -125,7 +125,7 @@ def test_sorting_by_a_series_summary_pages_correctly_and_summarises_only_the_pag
             if expect[run["id"]] is not None:
                 assert run["summary"]["val/x"]["max"] == expect[run["id"]]
     assert got == want_desc
-    assert all(len(ids) <= 25 for ids in seen), "the list summarised runs outside the page"
+    assert seen and all(len(ids) <= 25 for ids in seen), "the list summarised runs outside the page"
     assert _ids(c.get("/api/v1/projects/p/runs", params={"sort": "max:val/x", "limit": 1000})) == want_asc
     # last: a NaN last value counts as no value (after every number), as before
     last = _ids(c.get("/api/v1/projects/p/runs", params={"sort": "-last:val/x", "limit": 1000}))
@@ -136,8 +136,8 @@ def test_sorting_by_a_series_summary_pages_correctly_and_summarises_only_the_pag
 def test_tag_and_config_filters_with_a_summary_sort(many: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     c, expect = many
     seen: list[list[str]] = []
-    real = runs_service._summaries
-    monkeypatch.setattr(runs_service, "_summaries", lambda s, ids: seen.append(list(ids)) or real(s, ids))
+    real = runs_service._page_rows
+    monkeypatch.setattr(runs_service, "_page_rows", lambda s, p, ids: seen.append(list(ids)) or real(s, p, ids))
     r = c.get("/api/v1/projects/p/runs", params={"sort": "-max:val/x", "tag": "even", "config.lr": "0.1",
                                                  "limit": 10})
     runs = r.json()["runs"]
@@ -145,7 +145,7 @@ def test_tag_and_config_filters_with_a_summary_sort(many: Any, monkeypatch: pyte
     assert all("even" in run["tags"] and run["config"]["lr"] == 0.1 for run in runs)
     tops = [run["summary"]["val/x"]["max"] for run in runs if "val/x" in run["summary"]]
     assert tops == sorted(tops, reverse=True)
-    assert all(len(ids) <= 10 for ids in seen)
+    assert seen and all(len(ids) <= 10 for ids in seen)
     by_name = _ids(c.get("/api/v1/projects/p/runs", params={"sort": "-name", "limit": 3}))
     names = [c.get(f"/api/v1/runs/{rid}").json()["name"] for rid in by_name]
     assert names == ["run-119", "run-118", "run-117"]
