@@ -11,6 +11,7 @@ import math
 import random
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -140,6 +141,27 @@ def measure_ingest_cost(quick: bool = False) -> dict[str, Any]:
         "with_detectors_points_per_s": round(with_),
         "detection_cost_%": round(100 * (1 - with_ / without), 1),
         "rounds": f"{rounds} alternating rounds of {per_round} batches; medians",
+        **_server_mix_cost(quick),
+    }
+
+
+def _server_mix_cost(quick: bool) -> dict[str, Any]:
+    """The same share on the server benchmark's mix (bench/server_bench.py: 10 series, a cosine LR logged
+    every step, binary columnar bodies of 10,000 points) through its in-process path, rounds alternating;
+    best of each."""
+    import server_bench
+
+    bodies = server_bench.columnar_bodies(server_bench.make_bodies(11 if quick else 41))
+    best = {"with": 0.0, "without": 0.0}
+    with tempfile.TemporaryDirectory() as d:
+        for _ in range(2 if quick else 4):
+            for mode in ("without", "with"):
+                pps = server_bench.in_process_storage(Path(d), bodies, detectors=mode == "with")
+                best[mode] = max(best[mode], pps)
+    return {
+        "server_mix_without_detectors_points_per_s": round(best["without"]),
+        "server_mix_with_detectors_points_per_s": round(best["with"]),
+        "server_mix_detection_cost_%": round(100 * (1 - best["with"] / best["without"]), 1),
     }
 
 

@@ -147,6 +147,9 @@ def alpha_of(window: int) -> float:
 
 #: Batches at least this long (all steps increasing, all values finite) take the numpy fast paths.
 FAST_MIN = 32
+#: Points a fast path hands to the per-point loop in one batch before the loop takes the rest (each hand-over
+#: costs a numpy pass over the points left: a series where every point needs the loop stays linear).
+HANDOVERS = 16
 
 
 def ema_path(e0: float, y: np.ndarray, a: float) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 
 from losswatch.server.detectors.base import (
     FAST_MIN,
+    HANDOVERS,
     Finding,
     alpha_of,
     decode_number,
@@ -77,9 +78,13 @@ def _evaluate(
 ) -> tuple[dict[str, Any], list[Finding], tuple[list[int], list[float]] | None]:
     ctx = context or {}
     st: dict[str, Any] = {"v": STATE_VERSION} if not rule_states else dict(rule_states)
+    n0 = len(steps)
     steps, values = _skip_replay(st.get("last"), steps, values)
     if not steps:
         return st, [], None
+    if len(steps) < n0:  # points already seen were skipped: so are their per-point context values
+        cut = n0 - len(steps)
+        ctx = {k: (v[cut:] if isinstance(v, (list, tuple)) and len(v) == n0 else v) for k, v in ctx.items()}
     arr = None
     if len(steps) >= FAST_MIN:
         total = sum(values)
@@ -175,7 +180,11 @@ def evaluate_run(
         kind = series_kinds[key]
         if not len(steps) or not config.rules_for(key, kind):
             continue
-        point_lr = _per_point_lr(lr_points, steps) if lr_points is not None else lr
+        rules = config.rules_for(key, kind)
+        if lr_points is None or "plateau" not in rules:  # plateau is the only rule that reads the LR
+            point_lr = lr
+        else:
+            point_lr = _per_point_lr(lr_points, steps)
         ctx = build_context(key, kind, config, series_kinds, levels, lr=point_lr)
         for name, pair in (("train_loss", "train_key"), ("loss", "loss_key")):
             if pair in ctx and ctx[pair] in paths:
@@ -208,8 +217,13 @@ def _lr_points(series_kinds: Mapping[str, str], batch: Mapping[str, tuple[Sequen
 def _per_point_lr(lr_points: tuple[list[int], list[float]], steps: Sequence[int]) -> float | list[Any]:
     """The LR in force at each step (the last LR point at or before it; None before the first)."""
     ls, lv = lr_points
-    if len(set(lv)) == 1 and steps and steps[0] >= ls[0]:
+    if steps and steps[0] >= ls[0] and len(set(lv)) == 1:
         return lv[0]
+    if increasing(None, steps):  # no resume inside the batch: one binary search per point, in numpy
+        idx = np.searchsorted(np.asarray(ls), np.asarray(steps), side="right") - 1
+        if idx[0] >= 0:
+            return [lv[k] for k in idx.tolist()]
+        return [lv[k] if k >= 0 else None for k in idx.tolist()]
     out: list[Any] = []
     j = -1
     prev = None
@@ -292,17 +306,50 @@ def _level(
         n, e, p, last = 0, 0.0, 1.0, None
         sb, pb = 0.0, 1.0
     if arr is not None and (last is None or steps[0] > last):
+        # the closed form up to the next point to clip, that point as the loop does it, and so on
         m = arr.shape[0]
-        path = ema_path(e, arr, a)
-        pw = p * b ** np.arange(1, m + 1, dtype=float)
-        lev = path / (1.0 - pw)
-        prev = np.concatenate(([e / (1.0 - p) if n else np.inf], lev[:-1]))
-        if not clip or not (arr > prev + 2.0 * np.abs(prev)).any():  # nothing to clip: the closed form is exact
-            out = {"n": n + m, "e": float(path[-1]), "p": float(pw[-1]), "last": steps[-1],
-                   "b": float(ema_path(sb, arr, a2)[-1]), "pb": pb * (1.0 - a2) ** m}
-            return out, ((list(steps), lev.tolist()) if want_path else None)
-    ps: list[int] = []
-    pl: list[float] = []
+        levs: list[np.ndarray] = []
+        i = 0
+        for _ in range(HANDOVERS):
+            if i >= m:
+                break
+            y = arr[i:]
+            k = y.shape[0]
+            path = ema_path(e, y, a)
+            pw = p * b ** np.arange(1, k + 1, dtype=float)
+            lev = path / (1.0 - pw)
+            if clip:
+                prev = np.concatenate(([e / (1.0 - p) if n else np.inf], lev[:-1]))
+                over = y > prev + 2.0 * np.abs(prev)
+                if over.any():
+                    k = int(np.argmax(over))
+            if k:
+                sb = float(ema_path(sb, y[:k], a2)[-1])
+                pb *= (1.0 - a2) ** k
+                n, e, p = n + k, float(path[k - 1]), float(pw[k - 1])
+                if want_path:
+                    levs.append(lev[:k])
+                i += k
+            if i < m:  # a value above three times the level: clipped there
+                lvl = e / (1.0 - p)
+                v = lvl + 2.0 * abs(lvl)
+                n += 1
+                e = b * e + a * v
+                p *= b
+                sb = (1.0 - a2) * sb + a2 * v
+                pb *= 1.0 - a2
+                if want_path:
+                    levs.append(np.array([e / (1.0 - p)]))
+                i += 1
+        if i >= m:
+            out = {"n": n, "e": e, "p": p, "last": steps[-1], "b": sb, "pb": pb}
+            return out, ((list(steps), np.concatenate(levs).tolist()) if want_path else None)
+        ps: list[int] = list(steps[:i]) if want_path else []  # many points to clip: the loop takes the rest
+        pl: list[float] = np.concatenate(levs).tolist() if want_path and levs else []
+        last = steps[i - 1] if i else last
+        steps, values = steps[i:], values[i:]
+    else:
+        ps, pl = [], []
     for s, v in zip(steps, values, strict=True):
         if last is not None and s <= last:
             n, e, p, sb, pb = 0, 0.0, 1.0, 0.0, 1.0

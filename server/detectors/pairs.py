@@ -8,10 +8,14 @@ smoothed level of the paired series). Points without the paired level are skippe
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from losswatch.server.detectors.base import (
+    HANDOVERS,
     Detector,
     Finding,
     check_choice,
@@ -204,31 +208,103 @@ class Misalignment(Detector):
     def _fresh(self) -> dict[str, Any]:
         return {"loss": [], "metric": [], "steps": [], "active": False, "onset": None}
 
+    def _quiet(self, st: dict[str, Any], steps: Any, values: Any, losses: Any, L: np.ndarray, arr: np.ndarray,
+               firsts: list[int], lo: int) -> int:
+        """numpy path for a metric logged at many points (no alert open, all values finite) from point ``lo``
+        on: each evaluation's window judged at its first point (``firsts``) as the loop does, in arrays, up to
+        the first evaluation that could be misaligned (a candidate for the rank correlation). Returns how many
+        of ``firsts`` it took (all: the points up to the end are done; else the state stands just before the
+        candidate's first point, for the loop)."""
+        n = len(steps)
+        w = self.window
+        lsign = 1.0 if self.loss_mode == "min" else -1.0
+        msign = 1.0 if self.mode == "max" else -1.0
+        ls, ms, ss = list(st["loss"]), list(st["metric"]), list(st["steps"])
+        f0 = firsts[0] if firsts else n
+        if f0 > lo:  # the points before the first new evaluation close the open one: the last wins
+            ls[-1], ms[-1], ss[-1] = losses[f0 - 1], values[f0 - 1], steps[f0 - 1]
+        ends = [f - 1 for f in firsts[1:]] + [n - 1] if firsts else []
+        S, G = len(ls), len(firsts)
+        g1 = max(0, w - 1 - S)  # the first new evaluation with a full window
+        stop = G
+        if g1 < G:
+            fin_l = np.concatenate((np.asarray(ls, dtype=float), L[ends]))
+            fin_m = np.concatenate((np.asarray(ms, dtype=float), arr[ends]))
+            gs = np.arange(g1, G)
+            rows = (S + gs - (w - 1))[:, None] + np.arange(w - 1)
+            fa = np.asarray(firsts)[gs]
+            wl = np.concatenate((fin_l[rows], L[fa][:, None]), axis=1)
+            wm = np.concatenate((fin_m[rows], arr[fa][:, None]), axis=1)
+            l0, m0 = wl[:, 0], wm[:, 0]
+            gain = lsign * (l0 - wl[:, -1]) / np.where(l0 == 0.0, 1.0, np.abs(l0))
+            hi, lo_m = wm.max(axis=1), wm.min(axis=1)
+            top = hi if msign > 0 else lo_m
+            rise = msign * (top - m0) / np.where(m0 == 0.0, 1.0, np.abs(m0))
+            near = ((1.0 - top <= self.ceiling) & (hi <= 1.0)) if msign > 0 else ((0.0 <= lo_m) & (top <= self.ceiling))
+            cand = (gain > self.min_delta) & (rise <= self.metric_delta) & ~near
+            if cand.any():  # the loop judges it (rank correlation, streak)
+                stop = g1 + int(np.argmax(cand))
+            if stop > g1:
+                st["streak"] = 0  # judged, not misaligned
+        if stop:
+            ls += [losses[k] for k in ends[:stop][-w:]]
+            ms += [values[k] for k in ends[:stop][-w:]]
+            ss += [steps[k] for k in ends[:stop][-w:]]
+            st["g0"] = steps[firsts[stop - 1]]
+        st.update(loss=ls[-w:], metric=ms[-w:], steps=ss[-w:])
+        return stop
+
     def _run(self, st, steps, values, key, context, out, arr=None) -> None:  # type: ignore[no-untyped-def]
         n = len(steps)
         losses = per_point(context, "loss", n)
         loss_key = context.get("loss_key") or "the loss"
-        ls, ms, ss = st["loss"], st["metric"], st["steps"]
-        w = self.window
-        lsign = 1.0 if self.loss_mode == "min" else -1.0
-        msign = 1.0 if self.mode == "max" else -1.0
         gap = self.spacing
-        if arr is not None and n > 2 * gap and ss and None not in losses:
+        if arr is not None and n > 2 * gap and st["steps"] and None not in losses:
             # many points (a metric logged every step): only each evaluation's first point is judged and
             # its last one kept, so visit those (numpy finds them); the others cannot change anything
+            firsts: list[int] = []
+            g0 = st.get("g0", st["steps"][-1])
+            i = bisect.bisect_left(steps, g0 + gap)  # steps increase: a binary search per evaluation
+            while i < n:  # the first point of the next evaluation; the one before closed the last
+                firsts.append(i)
+                g0 = steps[i]
+                i = bisect.bisect_left(steps, g0 + gap, i + 1)
+            L = np.asarray(losses, dtype=float)
+            lo = 0
+            if np.isfinite(L).all():
+                for _ in range(HANDOVERS):
+                    if st["active"]:
+                        break
+                    firsts = firsts[self._quiet(st, steps, values, losses, L, arr, firsts, lo):]
+                    if not firsts:
+                        return
+                    f = firsts.pop(0)  # a candidate: its evaluation (first and last point) through the loop
+                    end = firsts[0] - 1 if firsts else n - 1
+                    self._judge(st, [steps[f], steps[end]], [values[f], values[end]], [losses[f], losses[end]],
+                                key, loss_key, out)
+                    lo = end + 1
+                    if not firsts:
+                        return
             keep: list[int] = []
-            g0 = st.get("g0", ss[-1])
-            for i, s in enumerate(steps):
-                if s - g0 >= gap:  # the first point of the next evaluation; the one before closed the last
-                    if i and (not keep or keep[-1] != i - 1):
-                        keep.append(i - 1)
-                    keep.append(i)
-                    g0 = s
+            for i in firsts:
+                if i - 1 >= lo and (not keep or keep[-1] != i - 1):
+                    keep.append(i - 1)
+                keep.append(i)
             if not keep or keep[-1] != n - 1:
                 keep.append(n - 1)
             steps = [steps[k] for k in keep]
             values = [values[k] for k in keep]
             losses = [losses[k] for k in keep]
+        self._judge(st, steps, values, losses, key, loss_key, out)
+
+    def _judge(self, st: dict[str, Any], steps: Any, values: Any, losses: Any, key: str, loss_key: str,
+               out: list[Finding]) -> None:
+        """The evaluations' verdicts, point by point."""
+        ls, ms, ss = st["loss"], st["metric"], st["steps"]
+        w = self.window
+        lsign = 1.0 if self.loss_mode == "min" else -1.0
+        msign = 1.0 if self.mode == "max" else -1.0
+        gap = self.spacing
         for s, v, lv in zip(steps, values, losses, strict=True):
             if v - v != 0.0 or lv is None or lv - lv != 0.0:
                 continue

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from losswatch.server.detectors.base import (
+    HANDOVERS,
     Detector,
     Finding,
     alpha_of,
@@ -109,20 +110,54 @@ class Plateau(Detector):
         }
 
     def _run(self, st, steps, values, key, context, out, arr=None) -> None:  # type: ignore[no-untyped-def]
-        lr = context.get("lr")
-        if (arr is not None and st["n"] >= 10 and st["start"] is not None and not isinstance(lr, (list, tuple))
-                and self._fast(st, steps, arr, lr, key, out)):
+        if arr is None or st["n"] < 10 or st["start"] is None:
+            self._loop(st, steps, values, key, context, out)
             return
-        self._loop(st, steps, values, key, context, out)
+        lr = context.get("lr")
+        lrs = np.array(lr, dtype=float) if isinstance(lr, (list, tuple)) else None  # None -> NaN: no LR there
+        m = len(steps)
+        i = 0
+        for _ in range(HANDOVERS):
+            if i >= m:
+                return
+            # numpy up to the next point the loop must see (an LR restart, a winsorised value), then that point
+            r = self._next_event(st, lrs, lr, i, m)
+            if r > i:
+                i += self._fast(st, steps[i:r], arr[i:r], lrs[i:r] if lrs is not None else lr, key, out)
+            if i < m:
+                self._loop(st, steps[i:i + 1], values[i:i + 1], key, {"lr": lr[i] if lrs is not None else lr}, out)
+                i += 1
+        if i < m:
+            self._loop(st, steps[i:], values[i:], key, {"lr": lr[i:] if lrs is not None else lr}, out)
 
-    def _fast(self, st: dict[str, Any], steps: Any, arr: np.ndarray, lr: Any, key: str, out: list[Finding]) -> bool:
-        """numpy path (all finite, steps increasing, one LR for the batch): the accumulators in closed form,
-        the verdicts at the history checkpoints. False (nothing changed) when the LR restarts patience or
-        a point would be winsorised: the loop does those exactly."""
-        if lr is not None and lr - lr == 0.0:
-            last_lr, lr_ref = st["lr"], st["lr_ref"]
-            if (last_lr is not None and lr > last_lr) or lr_ref is None or lr < lr_ref * (1.0 - self.lr_drop):
-                return False
+    def _next_event(self, st: dict[str, Any], lrs: np.ndarray | None, lr: Any, i: int, m: int) -> int:
+        """The first index at or after ``i`` where the LR sets or restarts patience (rises, falls by
+        ``lr_drop`` since the last restart, or is the first LR seen); ``m`` when none."""
+        last_lr, lr_ref = st["lr"], st["lr_ref"]
+        if lrs is None:
+            if lr is None or lr - lr != 0.0:
+                return m
+            return i if (last_lr is not None and lr > last_lr) or lr_ref is None or lr < lr_ref * (
+                1.0 - self.lr_drop) else m
+        seg = lrs[i:]
+        valid = np.isfinite(seg)
+        if not valid.any():
+            return m
+        if lr_ref is None:
+            return i + int(np.argmax(valid))
+        # the LR before each point: the last finite one (forward fill), NaN before any
+        pos = np.where(valid, np.arange(seg.shape[0]), -1)
+        np.maximum.accumulate(pos, out=pos)
+        prev = np.concatenate(([np.nan if last_lr is None else last_lr], np.where(pos >= 0, seg[pos], np.nan)[:-1]))
+        with np.errstate(invalid="ignore"):
+            event = valid & ((seg > prev) | (seg < lr_ref * (1.0 - self.lr_drop)))
+        return i + int(np.argmax(event)) if event.any() else m
+
+    def _fast(self, st: dict[str, Any], steps: Any, arr: np.ndarray, lr: Any, key: str, out: list[Finding]) -> int:
+        """numpy path (all finite, steps increasing, no LR restart among these points): the accumulators
+        in closed form, the verdicts at the history checkpoints. ``lr``: one LR for the points or one per
+        point (NaN: none). Returns how many points it took: it stops before the first point that would be
+        winsorised (the loop does that one exactly)."""
         sign = 1.0 if self.mode == "min" else -1.0
         a = alpha_of(self.window)
         b = 1.0 - a
@@ -135,12 +170,28 @@ class Plateau(Detector):
         ed = ema_path(ed0, d, a)
         p_prev = np.concatenate(([p0], pw[:-1]))
         hi = (np.concatenate(([e0], e[:-1])) + 5.0 * np.concatenate(([ed0], ed[:-1]))) / (1.0 - p_prev)
-        if (y > hi).any():
-            return False
-        if lr is not None and lr - lr == 0.0:
+        over = y > hi
+        if over.any():  # the EMAs up to that point do not depend on it: keep them, stop there
+            m = int(np.argmax(over))
+            if m == 0:
+                return 0
+            y, steps, pw, e, ed = y[:m], steps[:m], pw[:m], e[:m], ed[:m]
+        path = None
+        if isinstance(lr, np.ndarray):
+            lr = lr[:m]
+            ok = np.isfinite(lr)
+            if ok.any():
+                top = float(lr[ok].max())
+                if st["lr_max"] is None or top > st["lr_max"]:
+                    st["lr_max"] = top
+                pos = np.where(ok, np.arange(m), -1)
+                np.maximum.accumulate(pos, out=pos)
+                path = pos  # the last LR at or before each point (-1: the one before these points)
+        elif lr is not None and lr - lr == 0.0:
             st["lr"] = lr
             if st["lr_max"] is None or lr > st["lr_max"]:
                 st["lr_max"] = lr
+        lr0 = st["lr"]
         cum = st["cum"] + np.cumsum(y)
         n0 = st["n"]
         hs, hc, hn = st["hs"], st["hc"], st["hn"]
@@ -159,11 +210,15 @@ class Plateau(Detector):
                 del hs[1::2], hc[1::2], hn[1::2]
                 st["gap"] *= 2
             if n0 + j + 1 > self.warmup:
+                if path is not None:
+                    st["lr"] = float(lr[path[j]]) if path[j] >= 0 else lr0
                 self._judge(st, s, n0 + j + 1, float(e[j]), float(ed[j]), float(pw[j]), float(cum[j]), key, label,
                             out)
             i = j + 1
+        if path is not None:
+            st["lr"] = float(lr[path[-1]]) if path[-1] >= 0 else lr0
         st.update(n=n0 + m, e=float(e[-1]), ed=float(ed[-1]), p=float(pw[-1]), cum=float(cum[-1]), y=float(y[-1]))
-        return True
+        return m
 
     def _loop(self, st, steps, values, key, context, out) -> None:  # type: ignore[no-untyped-def]
         sign = 1.0 if self.mode == "min" else -1.0

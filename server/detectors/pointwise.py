@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from losswatch.server.detectors.base import (
+    HANDOVERS,
     Detector,
     Finding,
     alpha_of,
@@ -160,12 +161,22 @@ class Spike(Detector):
         }
 
     def _run(self, st, steps, values, key, context, out, arr=None) -> None:  # type: ignore[no-untyped-def]
-        if arr is not None and not st["active"] and not st.get("ex") and st["n"] >= self.warmup:
-            start = self._quiet(st, steps, arr)
-            if start is None:
-                return
-            steps, values = steps[start:], values[start:]
-        self._loop(st, steps, values, key, out)
+        m = len(steps)
+        i = 0
+        chunk = self.min_points + 3  # an exceeding point is remembered for min_points + 2 points
+        for h in range(m):
+            if i >= m:
+                break
+            end = m
+            if arr is not None and not st["active"] and st["n"] >= self.warmup and h < HANDOVERS:
+                if not st.get("ex"):
+                    j = self._quiet(st, steps[i:], arr[i:])
+                    if j is None:
+                        return
+                    i += j
+                end = min(m, i + chunk)  # the loop until nothing is remembered, then numpy again
+            self._loop(st, steps[i:end], values[i:end], key, out)
+            i = end
 
     def _quiet(self, st: dict[str, Any], steps: Any, arr: np.ndarray) -> int | None:
         """numpy path while no point exceeds: the EMAs in closed form. Returns None when no point of

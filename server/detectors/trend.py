@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from losswatch.server.detectors.base import (
+    HANDOVERS,
     Detector,
     Finding,
     alpha_of,
@@ -90,16 +91,21 @@ class Divergence(Detector):
         st.update(active=True, onset=onset, resolve_below=resolve_below, above=None)
 
     def _run(self, st, steps, values, key, context, out, arr=None) -> None:  # type: ignore[no-untyped-def]
-        if (
-            arr is not None and not st["active"] and st["above"] is None and st["best"] is not None
-            and st["n"] >= self.warmup and self._quiet(st, steps, arr)
-        ):
-            return
-        self._loop(st, steps, values, key, out)
+        m = len(steps)
+        i = 0
+        for _ in range(HANDOVERS if arr is not None else 0):
+            if i >= m or st["active"] or st["above"] is not None or st["best"] is None or st["n"] < self.warmup:
+                break
+            i += self._quiet(st, steps[i:], arr[i:])
+            if i < m:  # the point the loop must see (a clipped value, a rise above the threshold)
+                self._loop(st, steps[i:i + 1], values[i:i + 1], key, out)
+                i += 1
+        if i < m:
+            self._loop(st, steps[i:], values[i:], key, out)
 
-    def _quiet(self, st: dict[str, Any], steps: Any, arr: np.ndarray) -> bool:
-        """numpy path: True (state updated) when no point is clipped and the smoothed value never
-        goes above the threshold in this batch; False (nothing changed) otherwise."""
+    def _quiet(self, st: dict[str, Any], steps: Any, arr: np.ndarray) -> int:
+        """numpy path while no point is clipped and the smoothed value stays below the threshold: the
+        state advanced over those points; returns how many (the next one, if any, is for the loop)."""
         sign = 1.0 if self.mode == "min" else -1.0
         a = alpha_of(self.window)
         b = 1.0 - a
@@ -109,16 +115,19 @@ class Divergence(Detector):
         pw = st["p"] * b ** np.arange(1, n + 1, dtype=float)
         sm = e / (1.0 - pw)
         best = np.minimum(np.minimum.accumulate(sm), st["best"])
-        margin = self.rtol * np.abs(best) + self.atol + self.floor * abs(st.get("l0") or 0.0)
-        if (sm > best + margin).any():
-            return False
+        extra = self.atol + self.floor * abs(st.get("l0") or 0.0)
         best_prev = np.concatenate(([st["best"]], best[:-1]))
-        if (y > best_prev + 3.0 * (self.rtol * np.abs(best_prev) + self.atol + self.floor * abs(st.get("l0") or 0.0))).any():
-            return False  # a point would have been clipped: let the loop do it exactly
+        # a point that would be clipped, or where the smoothed value goes above the threshold: the loop's
+        stop = (sm > best + (self.rtol * np.abs(best) + extra)) | (y > best_prev + 3.0 * (self.rtol * np.abs(best_prev) + extra))
+        if stop.any():
+            n = int(np.argmax(stop))
+            if n == 0:
+                return 0
+            e, pw, sm, best = e[:n], pw[:n], sm[:n], best[:n]
         if best[-1] < st["best"]:
             st["best_step"] = steps[int(np.argmin(sm))]
         st.update(n=st["n"] + n, e=float(e[-1]), p=float(pw[-1]), best=float(best[-1]))
-        return True
+        return n
 
     def _loop(self, st, steps, values, key, out) -> None:  # type: ignore[no-untyped-def]
         sign = 1.0 if self.mode == "min" else -1.0
