@@ -12,10 +12,8 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PG_ADMIN = os.environ.get("LOSSWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+if str(ROOT) not in sys.path:  # the server-process helper the tests use too
+    sys.path.insert(0, str(ROOT))
+from tests._server_process import ServerProcess, uvicorn_factory  # noqa: E402
 
 # A realistic batch: one training step logs these ten series (kinds decide which detectors run).
 MIX = [("train/loss", "loss"), ("train/loss/box", "loss_component"), ("train/loss/cls", "loss_component"),
@@ -37,10 +38,11 @@ MIX = [("train/loss", "loss"), ("train/loss/box", "loss_component"), ("train/los
 STEPS_PER_BATCH = 1000  # x 10 series = 10,000 points per request
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def columnar_bodies(bodies: list[bytes]) -> list[bytes]:
+    """The same batches in the binary columnar encoding (what the losswatch client sends)."""
+    from losswatch.client import wire
+
+    return [wire.batch_to_columnar(orjson.loads(b)) for b in bodies]
 
 
 def make_bodies(n_batches: int, seed: int = 0) -> list[bytes]:
@@ -61,49 +63,19 @@ def make_bodies(n_batches: int, seed: int = 0) -> list[bytes]:
     return bodies
 
 
-class Server:
-    """A `losswatch serve` process (or any uvicorn app given as ``app``)."""
+class Server(ServerProcess):
+    """A `losswatch serve` process (or any uvicorn app given as ``app``), auth off."""
 
     def __init__(self, db_url: str, work: Path, app: str | None = None) -> None:
-        self.port = _free_port()
-        self.log = open(work / f"server-{self.port}.log", "wb")  # noqa: SIM115
-        env = {**os.environ, "LOSSWATCH_LOG_LEVEL": "warning", "LOSSWATCH_AUTH": "off"}
+        env = {"LOSSWATCH_AUTH": "off"}
         if app:
-            cmd = [str(BIN / "python"), "-m", "uvicorn", "--factory", app, "--host", "127.0.0.1",
-                   "--port", str(self.port), "--log-level", "warning"]
             env["PYTHONPATH"] = str(Path(__file__).resolve().parent)
-        else:
-            cmd = [str(BIN / "losswatch"), "serve", "--db", db_url, "--host", "127.0.0.1", "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        import httpx
+        super().__init__(db_url, env=env, argv=uvicorn_factory(app) if app else None)
+        self.log_path = work / f"server-{self.port}.log"
+        self.start(timeout=60)
 
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + ("/healthz"), timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(f"server did not start: {(work / f'server-{self.port}.log').read_text()[-2000:]}")
-
-    def rss_mib(self) -> float:
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return float("nan")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+    def stop(self, timeout: float = 15.0) -> None:
+        super().stop(timeout)
 
 
 def _client(args: tuple[str, str, list[bytes], Any]) -> tuple[int, list[float]]:
@@ -112,10 +84,12 @@ def _client(args: tuple[str, str, list[bytes], Any]) -> tuple[int, list[float]]:
     import http.client
     from urllib.parse import urlsplit
 
+    from losswatch.client import wire
+
     url, run_id, bodies, barrier = args
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": wire.content_type(bodies[0])}
     path = f"/api/v1/runs/{run_id}/points"
     latencies = []
     conn.request("POST", path, body=bodies[0], headers=headers)
@@ -226,11 +200,14 @@ def raw_pg(n_executemany: int, n_copy: int) -> dict[str, float]:
 
 def in_process_storage(work: Path, bodies: list[bytes], detectors: bool) -> float:
     """parse + record (+ detectors) without HTTP, on SQLite: the storage layer's own limit."""
+    from losswatch.client import wire
     from losswatch.server.db import Database, upgrade
     from losswatch.server.schemas import RunCreate
-    from losswatch.server.services import alerts, ingest, points, runs
+    from losswatch.server.services import alerts, batches, ingest, points, runs
     from losswatch.server.settings import Settings
 
+    columnar = wire.is_columnar(bodies[0])
+    parse = batches.parse_columnar if columnar else batches.parse_batch
     path = work / f"inproc-{int(detectors)}.db"
     for p in work.glob(path.name + "*"):
         p.unlink()
@@ -242,9 +219,9 @@ def in_process_storage(work: Path, bodies: list[bytes], detectors: bool) -> floa
     t = time.perf_counter()
     for body in bodies:
         if detectors:
-            ingest.ingest(db, run.id, body)
+            ingest.ingest(db, run.id, body, columnar=columnar)
         else:
-            batch = points.parse_batch(body)
+            batch = parse(body)
             with db.write() as s:
                 touched = runs.touch_run(s, run.id)
                 series = points.load_series(s, run.id, batch)
@@ -256,29 +233,102 @@ def in_process_storage(work: Path, bodies: list[bytes], detectors: bool) -> floa
     return len(bodies) * len(MIX) * STEPS_PER_BATCH / elapsed
 
 
+def store_write_paths(work: Path, bodies: list[bytes], rounds: int = 3) -> dict[str, float]:
+    """Before/after of the chunk-row writes (``losswatch.server.db.write_chunks``) in this run: the
+    store alone (parse, detectors and HTTP left out), the portable SQLAlchemy statements
+    (``FAST_CHUNK_WRITES = False``) against binary COPY of new chunk rows on PostgreSQL and
+    plain-tuple executemany on SQLite; each the median of ``rounds`` alternating rounds, each round a
+    new run. The stored points are read back and checked bit for bit."""
+    from losswatch.server import db as dbmod
+    from losswatch.server.db import Database, upgrade
+    from losswatch.server.schemas import RunCreate
+    from losswatch.server.services import batches, points, runs
+    from losswatch.server.settings import Settings
+
+    parsed = [batches.parse_columnar(b) for b in bodies]
+    expected = np.concatenate([b[0].points.values for b in parsed])
+    pg_name = f"lw_bench_{uuid.uuid4().hex[:8]}"
+    urls = {"sqlite": f"sqlite:///{work / 'writes.db'}", "postgresql": _pg_database(pg_name)}
+    times: dict[tuple[str, bool], list[float]] = {}
+    try:
+        for url in urls.values():
+            upgrade(url)
+        for _ in range(rounds):
+            for fast in (False, True):
+                for backend, url in urls.items():
+                    dbmod.FAST_CHUNK_WRITES = fast
+                    db = Database(Settings(database_url=url, background_workers=False))
+                    with db.write() as s:
+                        run, _ = runs.create_run(s, "bench", RunCreate(), create_project=True)
+                    t = time.perf_counter()
+                    for batch in parsed:
+                        with db.write() as s:
+                            runs.touch_run(s, run.id)
+                            series = points.load_series(s, run.id, batch)
+                            points.record_points(s, batch, series)
+                            points.save_series(s, series)
+                    times.setdefault((backend, fast), []).append(time.perf_counter() - t)
+                    with db.read() as s:
+                        got = points.read_points(s, run.id, MIX[0][0], 0, 2**62, len(expected) + 1)
+                    assert np.array_equal(np.array(got["values"], dtype=np.float64), expected), backend
+                    db.dispose()
+    finally:
+        dbmod.FAST_CHUNK_WRITES = True
+        _drop_pg(pg_name)
+    n = len(parsed) * len(MIX) * STEPS_PER_BATCH
+    out: dict[str, float] = {}
+    for backend in urls:
+        before = n / statistics.median(times[(backend, False)])
+        after = n / statistics.median(times[(backend, True)])
+        label = "copy" if backend == "postgresql" else "executemany_tuples"
+        out[f"store_{backend}_sqlalchemy_points_per_s"] = before
+        out[f"store_{backend}_{label}_points_per_s"] = after
+        out[f"store_{backend}_write_speedup"] = after / before
+    return out
+
+
 def measure_ingest(max_seconds: float = 180.0, work_dir: Path | None = None, quick: bool = False) -> dict[str, Any]:
     work = Path(work_dir or tempfile.mkdtemp()) / "ingest"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     n = 31 if quick else 101  # the first batch of each client is a warm-up
-    bodies = make_bodies(n)
-    out: dict[str, Any] = {"batch_points": len(MIX) * STEPS_PER_BATCH, "batch_bytes": len(bodies[0]),
-                           "series_mix": ", ".join(f"{k} ({kind})" for k, kind in MIX)}
-    # Peers in the same run: no database at all.
-    for name, app in (("no_db_orjson", "nodb_app:orjson_app"), ("no_db_parse", "nodb_app:parse_app")):
+    json_bodies = make_bodies(n)
+    bodies = columnar_bodies(json_bodies)  # the client's default encoding
+    out: dict[str, Any] = {"batch_points": len(MIX) * STEPS_PER_BATCH, "batch_bytes_json": len(json_bodies[0]),
+                           "batch_bytes_columnar": len(bodies[0]),
+                           "series_mix": ", ".join(f"{k} ({kind})" for k, kind in MIX),
+                           "notes": [
+                               "ingest_* figures: the binary columnar body (application/vnd.losswatch.columnar, "
+                               "the client's default); *_json_*: the same batches in JSON.",
+                               "no_db_orjson / no_db_columnar: a FastAPI endpoint that only reads the body "
+                               "(orjson.loads, or the columnar frame) and counts the points, the HTTP limit of each "
+                               "encoding; no_db_parse / no_db_columnar_parse: losswatch's parser and checks, no "
+                               "storage. ratio_sqlite_to_no_db_columnar is the issue-13 goal (>= 0.5).",
+                               "bench/profile_ingest.py profiles one server process over HTTP (bench/ingest_profile.txt).",
+                           ]}
+    # Peers in the same run: no database at all, for each encoding.
+    for name, app, peer_bodies in (("no_db_orjson", "nodb_app:orjson_app", json_bodies),
+                                   ("no_db_parse", "nodb_app:parse_app", json_bodies),
+                                   ("no_db_columnar", "nodb_app:columnar_app", bodies),
+                                   ("no_db_columnar_parse", "nodb_app:columnar_parse_app", bodies)):
         srv = Server("", work, app=app)
         try:
-            out[f"{name}_1_client_points_per_s"] = run_ingest(srv.url, 1, bodies, create_runs=False)["points_per_s"]
+            out[f"{name}_1_client_points_per_s"] = run_ingest(srv.url, 1, peer_bodies, create_runs=False)["points_per_s"]
         finally:
             srv.stop()
     out["raw_sqlite_executemany_rows_per_s"] = raw_sqlite_executemany(work, 300_000 if quick else 1_000_000)
     out["in_process_sqlite_no_detectors_points_per_s"] = in_process_storage(work, bodies, detectors=False)
     out["in_process_sqlite_with_detectors_points_per_s"] = in_process_storage(work, bodies, detectors=True)
+    out.update(store_write_paths(work, bodies[:31]))
     for backend in ("sqlite", "postgresql"):
         pg_name = f"lw_bench_{uuid.uuid4().hex[:8]}"
         url = f"sqlite:///{work / 'ingest.db'}" if backend == "sqlite" else _pg_database(pg_name)
         srv = Server(url, work)
         try:
+            if backend == "sqlite":
+                r = run_ingest(srv.url, 1, json_bodies)
+                out["ingest_sqlite_json_1_client_points_per_s"] = r["points_per_s"]
+                out["ingest_sqlite_json_1_client_p50_ms"] = r["p50_ms"]
             for clients in (1, 8):
                 label = f"{clients}_client" + ("s" if clients > 1 else "")
                 r = run_ingest(srv.url, clients, bodies if clients == 1 else bodies[: max(11, n // 4)])
@@ -292,8 +342,11 @@ def measure_ingest(max_seconds: float = 180.0, work_dir: Path | None = None, qui
                 _drop_pg(pg_name)
     out.update({f"raw_postgresql_{k}": v for k, v in raw_pg(20_000 if quick else 50_000, 300_000 if quick else 1_000_000).items()})
     s1 = out["ingest_sqlite_1_client_points_per_s"]
-    out["ratio_sqlite_to_no_db_orjson"] = s1 / out["no_db_orjson_1_client_points_per_s"]
-    out["ratio_sqlite_to_no_db_parse"] = s1 / out["no_db_parse_1_client_points_per_s"]
+    out["ratio_sqlite_to_no_db_columnar"] = s1 / out["no_db_columnar_1_client_points_per_s"]
+    out["ratio_sqlite_to_no_db_columnar_parse"] = s1 / out["no_db_columnar_parse_1_client_points_per_s"]
+    out["ratio_sqlite_json_to_no_db_orjson"] = (out["ingest_sqlite_json_1_client_points_per_s"]
+                                                / out["no_db_orjson_1_client_points_per_s"])
+    out["ratio_sqlite_8_to_1_client"] = out["ingest_sqlite_8_clients_points_per_s"] / s1
     out["ratio_postgresql_to_sqlite_1_client"] = out["ingest_postgresql_1_client_points_per_s"] / s1
     out["detector_cost_percent"] = 100 * (1 - out["in_process_sqlite_with_detectors_points_per_s"]
                                           / out["in_process_sqlite_no_detectors_points_per_s"])

@@ -3,24 +3,42 @@ their outbox rows commit together or not at all."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from losswatch.server.db import Database
 from losswatch.server.schemas import HeartbeatResult
-from losswatch.server.services import alerts, monitor, points
+from losswatch.server.services import alerts, batches, monitor, points
+from losswatch.server.services.batches import BatchLimits, SeriesBatch
 from losswatch.server.services.runs import save_monitor_state, touch_run
 
 
-def ingest(db: Database, run_id: str, body: bytes) -> dict[str, Any]:
-    """Record a batch. The answer's ``alerts`` are the run's firing alerts plus those this batch
+def ingest(db: Database, run_id: str, body: bytes, *, columnar: bool = False) -> dict[str, Any]:
+    """Record a batch (JSON, or the binary columnar body of ``losswatch.client.wire`` when
+    ``columnar``). The answer's ``alerts`` are the run's firing alerts plus those this batch
     changed (a NaN that fired and resolved within one batch still reaches the training script)."""
-    batch = points.parse_batch(body)  # outside the write lock: parsing needs no database
+    limits = BatchLimits(db.settings.max_series_per_batch, db.settings.max_points_per_batch)
+    parse = batches.parse_columnar if columnar else batches.parse_batch
+    batch = parse(body, limits=limits)  # outside the write lock: parsing needs no database
+    return record_batch(db, run_id, batch)
+
+
+def record_batch(db: Database, run_id: str, batch: list[SeriesBatch],
+                 *, also: Callable[[Session], None] | None = None) -> dict[str, Any]:
+    """Record a batch already parsed (by :func:`ingest`, or built directly as the MLflow API does),
+    in one transaction. ``also`` runs inside it right after the run is locked (the params and tags of
+    an MLflow batch): if it raises, nothing of the batch is written."""
     with db.write() as session:
         run = touch_run(session, run_id)
+        if also is not None:
+            also(session)
         series = points.load_series(session, run_id, batch)
-        accepted = points.record_points(session, batch, series)
+        fresh: list[points.SeriesBatch] = []  # the detectors see only what is new (a late retry is not)
+        accepted = points.record_points(session, batch, series, fresh)
         ctx = alerts.run_context(session, run, db.settings.public_url)
-        findings = monitor.evaluate_batch(ctx, run, batch, series)
+        findings = monitor.evaluate_batch(ctx, run, fresh, series)
         points.save_series(session, series)
         save_monitor_state(session, run_id, run.monitor_state or {})
         changed = alerts.apply_findings(session, ctx, findings)

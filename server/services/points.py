@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from losswatch.client import wire
 from losswatch.server import chunks
 from losswatch.server.chunks import Points
+from losswatch.server.db import write_chunks
 from losswatch.server.errors import series_not_found
 from losswatch.server.models import Chunk, Series
 from losswatch.server.services.batches import SeriesBatch, parse_batch
@@ -107,17 +108,24 @@ def _special(value: float) -> str | None:
     return None if math.isfinite(value) else wire.encode_value(value)  # type: ignore[return-value]
 
 
-def record_points(session: Session, batch: list[SeriesBatch], series: dict[str, SeriesRow]) -> int:
+def record_points(session: Session, batch: list[SeriesBatch], series: dict[str, SeriesRow],
+                  fresh: list[SeriesBatch] | None = None) -> int:
     """Write a parsed batch in the caller's transaction (the run already touched and locked).
-    Updates the rows' summaries in memory (``save_series`` writes them). Returns points accepted."""
-    work: list[tuple[SeriesRow, Points, np.ndarray, np.ndarray]] = []
+    Updates the rows' summaries in memory (``save_series`` writes them). Returns points accepted.
+
+    ``fresh``, when given, receives the batch less the points stored already with the same value,
+    bit for bit, and the same wall time: what is new to the detectors. A retried batch that arrives
+    after the batches sent after it (another server process took the retry first) adds nothing
+    there, so it cannot look like the run going back in time; a chunk that such a retry leaves
+    unchanged is not rewritten."""
+    work: list[tuple[SeriesBatch, SeriesRow, Points, np.ndarray, np.ndarray]] = []
     wanted: list[tuple[int, int]] = []
     for sb in batch:
         if len(sb.points) == 0:
             continue
         row = series[sb.key]
         nos, starts = chunks.chunk_numbers(sb.points.steps)
-        work.append((row, sb.points, nos, starts))
+        work.append((sb, row, sb.points, nos, starts))
         wanted.extend((row.id, no) for no in nos.tolist())
     if not work:
         return 0
@@ -129,10 +137,11 @@ def record_points(session: Session, batch: list[SeriesBatch], series: dict[str, 
     updates: list[dict[str, object]] = []
     accepted = 0
     recompute: list[SeriesRow] = []
-    for row, pts, nos, starts in work:
+    for sb, row, pts, nos, starts in work:
         ends = np.append(starts[1:], len(pts))
         d_count = d_nonfinite = 0
         replaced_any = False
+        seen = np.zeros(len(pts), bool)  # points stored already with the same value
         for no, a, b in zip(nos.tolist(), starts.tolist(), ends.tolist(), strict=True):
             new = Points(pts.steps[a:b], pts.values[a:b], pts.walls[a:b]) if (a, b) != (0, len(pts)) else pts
             prev = old.get((row.id, no))
@@ -141,7 +150,11 @@ def record_points(session: Session, batch: list[SeriesBatch], series: dict[str, 
             else:  # the usual case, points after the stored ones, costs no decoding
                 enc = chunks.append(no, prev, new)  # type: ignore[assignment]
                 if enc is None:
-                    merged, replaced = chunks.merge(chunks.decode(no, prev["steps"], prev["values"], prev["walls"]), new)
+                    stored = chunks.decode(no, prev["steps"], prev["values"], prev["walls"])
+                    seen[a:b], same_walls = _stored_already(stored, new)
+                    if same_walls:  # a retry of stored points: nothing to write
+                        continue
+                    merged, replaced = chunks.merge(stored, new)
                     replaced_any = replaced_any or replaced > 0
                     enc = chunks.encode(merged)
             (updates if prev is not None else inserts).append({"sid": row.id, "no": no, **enc.__dict__})
@@ -153,15 +166,27 @@ def record_points(session: Session, batch: list[SeriesBatch], series: dict[str, 
             recompute.append(row)
         else:
             _extend_range(row, pts)
-    if inserts:
-        session.execute(_INSERT_CHUNK, inserts)
-    if updates:
-        session.execute(_UPDATE_CHUNK, updates)
+        if fresh is not None and not seen.all():
+            fresh.append(sb if not seen.any() else SeriesBatch(
+                sb.key, sb.kind, sb.kind_given, Points(pts.steps[~seen], pts.values[~seen], pts.walls[~seen])))
+    write_chunks(session, inserts, updates, _INSERT_CHUNK, _UPDATE_CHUNK)
     for row in recompute:  # an overwrite may have removed the old min or max
         row.min_value, row.max_value = session.execute(
             select(func.min(_CHUNKS.c.min_value), func.max(_CHUNKS.c.max_value)).where(_CHUNKS.c.series_id == row.id)
         ).one()
     return accepted
+
+
+def _stored_already(stored: Points, new: Points) -> tuple[np.ndarray, bool]:
+    """Which of ``new``'s points ``stored`` holds already: same step, same value bits and same wall
+    time (a retry carries the wall times of the first attempt; a job resumed from a checkpoint logs
+    its steps again at a later time, which the detectors must see), and whether that is all of them
+    (then the chunk needs no rewrite)."""
+    pos = np.minimum(np.searchsorted(stored.steps, new.steps), len(stored) - 1)
+    same = ((stored.steps[pos] == new.steps) & (stored.walls[pos] == new.walls)
+            & (np.ascontiguousarray(stored.values[pos]).view(np.int64)
+               == np.ascontiguousarray(new.values).view(np.int64)))
+    return same, bool(same.all())
 
 
 def _update_summary(s: SeriesRow, pts: Points, d_count: int, d_nonfinite: int) -> None:
@@ -247,7 +272,15 @@ def read_points(session: Session, run_id: str, key: str, start: int, end: int, l
     }
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_field(text: str) -> str:
+    """A text cell (a series key): quoted as RFC 4180 says, and neutralised against spreadsheet
+    formulas as OWASP recommends (a cell that starts with = + - @ tab or CR gets a leading ``'``).
+    Number cells (steps, values, wall times, ``-1.5``) are written as numbers, untouched."""
+    if text.startswith(_FORMULA_START):
+        text = "'" + text
     if any(c in text for c in ',"\r\n'):
         return '"' + text.replace('"', '""') + '"'
     return text

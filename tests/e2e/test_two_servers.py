@@ -129,3 +129,76 @@ def test_two_servers_one_postgres_alerts_exactly_once(pg_database, server_factor
                  and r["json"]["alert"]["id"] in shared]
         print(f"\nalerts (series, rule, onset, status, resolved): {expected}; "
               f"webhook 'fired' deliveries for the shared run: {len(fired)} for {len(shared)} alerts")
+
+
+def post_body(client: httpx.Client, path: str, data: bytes) -> int:
+    """One POST of an ingest body as the client sends it (its content type); the status, 0 on no answer."""
+    try:
+        return client.post(path, content=data, headers={"content-type": wire.content_type(data)}).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def send_with_retries(clients: list[httpx.Client], run_id: str, key: str, values: dict[int, float]) -> None:
+    """One training process whose every batch is sent twice at once, to both servers (a retry that
+    overtakes the original: the first attempt timed out on one server, the second went to the other),
+    together with a late copy of the batch before it; then the batch is sent until one answer is 200."""
+    path = f"/runs/{run_id}/points"
+    t0 = time.time()  # wall times stamped once, at "logging", as the client does: a retry repeats them
+    bodies = [wire.batch_to_columnar(wire.batch([wire.series_entry(
+        key, "loss", list(range(s, s + BATCH)), [values[i] for i in range(s, s + BATCH)],
+        [t0 + i * 0.01 for i in range(s, s + BATCH)])])) for s in range(0, N, BATCH)]
+    for i, data in enumerate(bodies):
+        sends = [(clients[0], data), (clients[1], data)]
+        if i:
+            sends.append((clients[i % 2], bodies[i - 1]))
+        threads = [threading.Thread(target=post_body, args=(c, path, d)) for c, d in sends]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for attempt in range(100):
+            if post_body(clients[attempt % 2], path, data) == 200:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"{path}: batch {i} was never accepted")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_servers_same_runs_with_retried_batches_store_once(pg_database, server_factory, api) -> None:
+    """Two processes take the same batches of the same runs at the same time (binary columnar bodies,
+    every batch sent to both, late copies of the one before): every point is stored once, bit for
+    bit, and each incident (one NaN, one divergence per series) raises one alert, the same alerts a
+    single server raises on the data sent once."""
+    a = server_factory(pg_database).start()
+    b = server_factory(pg_database).start()
+    curves = {key: curve(key) for key in SERIES}
+    with httpx.Client(base_url=a.url + "/api/v1", timeout=60) as ca, \
+            httpx.Client(base_url=b.url + "/api/v1", timeout=60) as cb:
+        clients = [ca, cb]
+        reference = uuid.uuid4().hex
+        shared = [uuid.uuid4().hex, uuid.uuid4().hex]
+        for run_id in [reference, *shared]:
+            post(clients, 0, "/projects/two/runs", {"id": run_id, "alerts": RULES})
+        for key, values in curves.items():
+            ingest([ca, ca], reference, key, values, 0)
+        senders = [threading.Thread(target=send_with_retries, args=(clients, run_id, key, values))
+                   for run_id in shared for key, values in curves.items()]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join(300)
+            assert not t.is_alive()
+
+        expected = alerts_of(ca, reference)
+        assert {(s, rule) for s, rule, *_ in expected} == {
+            (key, rule) for key in SERIES for rule in ("non_finite", "divergence")}
+        lw = api(b.url)
+        for run_id in shared:
+            for client in clients:
+                assert alerts_of(client, run_id) == expected
+            for key, values in curves.items():
+                assert same_bits(lw.points(run_id, key), values)
+                assert lw.count(run_id, key) == N
