@@ -2,7 +2,9 @@
 
     losswatch serve [--host H] [--port P] [--db URL] [--auth on|off|auto] [--no-migrate]
     losswatch db upgrade [--db URL]
-    losswatch token create --project NAME [--scope read|write|admin] [--name LABEL] [--db URL]
+    losswatch token create --project NAME [--scope read|write|admin] [--name LABEL] [--expires 90d] [--db URL]
+    losswatch token list [--project NAME] [--all] [--db URL]
+    losswatch token revoke ID [--db URL]
     losswatch export --run ID [--key K ...] [--out FILE] [--db URL]
     losswatch export --project NAME --out FILE[.gz] [--db URL]       (whole project, see docs/deploy.md)
     losswatch import archive FILE [--project NEWNAME] [--db URL]
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 SERVER_EXTRA_HINT = (
@@ -93,8 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"serving on http://{settings.host}:{settings.port}", file=sys.stderr)
     try:
         app = create_app(settings)
-        from losswatch.server.app import prepare_database
-        from losswatch.server.db import Database
+        from losswatch.server.db import Database, prepare_database
 
         db = Database(settings)  # fail early and clearly, before uvicorn starts
         try:
@@ -107,8 +108,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     for name in ("uvicorn.access", "uvicorn.error", "losswatch"):  # a token sent where it does not belong
         logging.getLogger(name).addFilter(RedactTokens())            # (?token=...) stays out of the log
+    from losswatch.server.protocol import uvicorn_options
+    from losswatch.server.slow_clients import with_timeouts
+
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=args.access_log)
+                access_log=args.access_log,  # request heads bounded (431), slow clients cut off (408)
+                **with_timeouts(uvicorn_options(settings), settings))
     return 0
 
 
@@ -143,25 +148,88 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_token_create(args: argparse.Namespace) -> int:
+def _expiry(text: str | None) -> Any:
+    """``--expires``: a duration (90d, 12h, 30m, 3600s) from now, or an ISO 8601 time (UTC if no zone)."""
+    if not text:
+        return None
+    from datetime import UTC, datetime, timedelta
+
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    if text[-1:] in units and text[:-1].isdigit():
+        return datetime.now(UTC) + timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        _die(f"--expires takes a duration (90d, 12h, 30m) or an ISO 8601 time, not {text!r}")
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _in_transaction(args: argparse.Namespace, work: Callable[[Any], Any], *, write: bool = True,
+                    failed: str = "{}", code: int = 2) -> Any:
+    """``work(session)`` in one transaction on the database of ``args``, migrated to head first; any
+    failure ends the command with its message (``failed`` formats it). A CLI boundary."""
     _need_server()
-    from losswatch.server.db import Database
-    from losswatch.server.services.tokens import create_token
+    from losswatch.server.db import Database, prepare_database
 
     settings = _settings(args)
     db = Database(settings)
     try:
-        from losswatch.server.app import prepare_database
-
         prepare_database(settings, db)
-        with db.write() as session:
-            _token, plaintext = create_token(session, args.project, args.scope, args.name)
+        with db.write() if write else db.read() as session:
+            return work(session)
     except Exception as exc:  # noqa: BLE001 - a CLI boundary: say what went wrong
-        _die(str(exc))
+        _die(failed.format(getattr(exc, "message", exc)), code)
     finally:
         db.dispose()
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    _need_server()
+    from losswatch.server.services.tokens import create_token
+
+    expires_at = _expiry(args.expires)
+
+    def create(session: Any) -> tuple[int, str]:
+        token, plaintext = create_token(session, args.project, args.scope, args.name, expires_at=expires_at)
+        return token.id, plaintext
+
+    token_id, plaintext = _in_transaction(args, create)
     print(plaintext)
-    print(f"(scope {args.scope} on project {args.project!r}; shown once, store it now)", file=sys.stderr)
+    until = f", expires {expires_at.isoformat(timespec='seconds')}" if expires_at else ""
+    print(f"(token #{token_id}, scope {args.scope} on project {args.project!r}{until}; shown once, store it now)",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    _need_server()
+    from losswatch.server.services.projects import project_key
+    from losswatch.server.services.tokens import list_tokens
+
+    def read(session: Any) -> list[dict[str, Any]]:
+        project_id = project_key(session, args.project)[0] if args.project else None
+        return list_tokens(session, project_id, include_revoked=args.all)
+
+    rows = _in_transaction(args, read, write=False)
+
+    def when(dt: Any) -> str:
+        return dt.isoformat(timespec="seconds") if dt else "-"
+
+    print("id\tproject\tname\tscope\tprefix\tcreated\texpires\trevoked\tparent")
+    for t in rows:
+        print("\t".join(str(v) for v in (t["id"], t["project"], t["name"], t["scope"], t["prefix"],
+                                         when(t["created_at"]), when(t["expires_at"]), when(t["revoked_at"]),
+                                         t["parent_id"] or "-")))
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    _need_server()
+    from losswatch.server.services.tokens import revoke_token
+
+    gone = _in_transaction(args, lambda session: revoke_token(session, args.id))
+    print(f"token #{gone['id']} {gone['name']!r} ({gone['scope']} on project {gone['project']!r}) revoked; "
+          f"every server stops accepting it within LOSSWATCH_AUTH_CACHE_SECONDS (1 s by default)", file=sys.stderr)
     return 0
 
 
@@ -219,20 +287,10 @@ def import_archive_main(argv: Sequence[str]) -> int:
     p.add_argument("--db", help="database URL (default: LOSSWATCH_DATABASE_URL or sqlite:///losswatch.db)")
     args = p.parse_args(list(argv))
     _need_server()
-    from losswatch.server.app import prepare_database
-    from losswatch.server.db import Database
     from losswatch.server.services import archive
 
-    settings = _settings(args)
-    db = Database(settings)
-    try:
-        prepare_database(settings, db)
-        with db.write() as session:
-            counts = archive.read_archive(session, args.file, project=args.project)
-    except Exception as exc:  # noqa: BLE001
-        _die(f"import failed, nothing imported: {getattr(exc, 'message', exc)}", 1)
-    finally:
-        db.dispose()
+    counts = _in_transaction(args, lambda session: archive.read_archive(session, args.file, project=args.project),
+                             failed="import failed, nothing imported: {}", code=1)
     print(f"imported project {counts['project']!r}: {counts['runs']} runs, {counts['series']} series, "
           f"{counts['points']} points, {counts['alerts']} alerts", file=sys.stderr)
     return 0
@@ -330,7 +388,17 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--project", required=True)
     tc.add_argument("--scope", choices=["read", "write", "admin"], default="write")
     tc.add_argument("--name", default="cli")
+    tc.add_argument("--expires", help="stop working after this: a duration (90d, 12h, 30m) or an ISO 8601 time")
     tc.set_defaults(func=cmd_token_create)
+    tl = tsub.add_parser("list", help="the tokens (never their secrets), live ones unless --all")
+    db_flag(tl)
+    tl.add_argument("--project", help="only this project's tokens")
+    tl.add_argument("--all", action="store_true", help="also the revoked ones")
+    tl.set_defaults(func=cmd_token_list)
+    tr = tsub.add_parser("revoke", help="revoke a token (and the tokens made with it) by its id")
+    db_flag(tr)
+    tr.add_argument("id", type=int, help="the token's id, as `losswatch token list` shows it")
+    tr.set_defaults(func=cmd_token_revoke)
 
     e = sub.add_parser("export", help="CSV of a run's series, or a whole project's archive")
     db_flag(e)
@@ -362,14 +430,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("import", help="import runs: tensorboard LOGDIR | mlflow URI | archive FILE "
                    "(see `losswatch import --help`)")
 
+    ck = sub.add_parser("check", help="run the alert rules offline over a CSV, a TensorBoard log dir or an "
+                        "export archive and print the findings")
+    ck.add_argument("path", help="a CSV (key,step,value or a step column), a TensorBoard LOGDIR, an archive, or a "
+                    "directory holding them")
+    ck.add_argument("--config", help="a JSON rule configuration (as stored per project or run) to try")
+    ck.add_argument("--info", action="store_true", help="also print info findings (single-batch spikes)")
+    ck.add_argument("--json", action="store_true", help="one JSON finding per line")
+    ck.set_defaults(func=cmd_check)
+
     st = sub.add_parser("settings", help="list every server setting")
     st.set_defaults(func=lambda a: print(settings_help()) or 0)
     return p
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        import numpy  # noqa: F401  (the detectors' numpy paths)
+    except ImportError:
+        _die(SERVER_EXTRA_HINT)
+    from losswatch import check
+
+    return check.main(args.path, args.config, show_info=args.info, as_json=args.json)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["import"]:  # its own parser, with its own --help
+    if argv[:2] == ["import", "archive"]:  # a project archive: straight into the database
+        return import_archive_main(argv[2:])
+    if argv[:1] == ["import"]:  # its own parser (the importers send through the client), with its own --help
         from losswatch.integrations import importers
 
         return int(importers.main(argv[1:]) or 0)

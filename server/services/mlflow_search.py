@@ -1,6 +1,6 @@
 """MLflow's read queries on losswatch's data: search runs, search experiments, sampled metric history.
 
-The filter and order strings are parsed by the MLflow protocol layer (``server/api/mlflow_protocol.py``)
+The filter and order strings are parsed by the MLflow protocol layer (``server/api/mlflow_filters.py``)
 into :class:`Condition` and :class:`Order`; this module only answers them. A metric's value is its
 series' last value (the value at its last step), as MLflow compares a run's latest metric. Runs of
 the chosen experiments are filtered and sorted in Python, as ``runs.list_runs`` does: a project holds
@@ -23,13 +23,7 @@ from losswatch.client import wire
 from losswatch.server.errors import LosswatchError
 from losswatch.server.models import Project, Run, Series
 from losswatch.server.services import points
-from losswatch.server.services.mlflow_compat import (
-    RUN_NAME_TAG,
-    experiment_dict,
-    experiment_id,
-    invalid,
-    run_info,
-)
+from losswatch.server.services.mlflow_compat import RUN_NAME_TAG, experiment_dict, run_info
 from losswatch.server.services.projects import utc
 
 ATTRIBUTES = ("run_id", "run_name", "status", "start_time", "end_time", "user_id", "artifact_uri",
@@ -131,11 +125,11 @@ def _last_values(session: Session, run_ids: list[str], keys: Iterable[str] | Non
 
 
 def search_runs(
-    session: Session, projects: list[Project], conditions: list[Condition], order: list[Order],
+    session: Session, project_ids: list[int], conditions: list[Condition], order: list[Order],
     max_results: int, offset: int,
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """One page of the runs of ``projects`` that meet every condition, sorted; (runs, next offset)."""
-    by_id = {p.id: p for p in projects}
+    """One page of the runs of the projects ``project_ids`` that meet every condition, sorted; (runs, next offset)."""
+    by_id = {p.id: p for p in session.scalars(select(Project).where(Project.id.in_(project_ids)))}
     runs = list(session.scalars(select(Run).where(Run.project_id.in_(list(by_id)))))
     metric_keys = {c.key for c in conditions if c.entity == "metric"} | {o.key for o in order if o.entity == "metric"}
     metrics = _last_values(session, [r.id for r in runs], metric_keys)
@@ -215,13 +209,3 @@ def sampled_history(session: Session, run_ids: list[str], key: str, start: int, 
         out += [{"key": key, "value": values[i], "timestamp": int(round(walls[i] * 1000)),  # type: ignore[index]
                  "step": steps[i], "run_id": rid} for i in idx]
     return out
-
-
-def experiment_ids(projects: list[Project]) -> list[str]:
-    return [experiment_id(p) for p in projects]
-
-
-def check_attribute(key: str) -> str:
-    if key not in ATTRIBUTES:
-        raise invalid(f"Invalid attribute key '{key}' specified. Valid keys are '{set(ATTRIBUTES)}'")
-    return key

@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-mlflow = pytest.importorskip("mlflow")
+from tests.conftest import need_module
+
+mlflow = need_module("mlflow")
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException, RestException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -213,3 +215,55 @@ def test_default_experiment_and_token_auth(server_factory: Any, sqlite_url: str,
     assert [r["name"] for r in runs] == ["default-exp"]
     points = httpx.get(f"{srv.url}/api/v1/runs/{runs[0]['id']}/points", params={"key": "loss"}, headers=headers).json()
     assert points["steps"] == [3] and points["values"] == [0.5]
+
+
+def test_a_failing_part_of_a_batch_leaves_nothing_written(server_factory: Any, db_url: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log-batch is one transaction, on SQLite and on PostgreSQL: params, tags and metrics go in
+    together (through ingest, detectors included) or not at all, whichever part fails."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    url = server_factory(db_url).start().url
+    client = MlflowClient(url)
+    rid = client.create_run(client.create_experiment("atomic"), run_name="before").info.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(rid, metrics=[Metric("loss", 1.0, now, 0)], params=[Param("lr", "0.1")],
+                     tags=[RunTag("team", "a")])
+
+    def unchanged() -> None:
+        ours = read_run(url, rid)
+        assert ours["config"] == {"lr": "0.1"} and ours["name"] == "before", ours
+        assert [t for t in ours["tags"] if "=" in t] == ["team=a"], ours["tags"]
+        assert set(ours["summary"]) == {"loss"} and read_series(url, rid, "loss") == {0: 1.0}
+
+    # a bad metric after good params, tags, a rename and a good metric: refused before the transaction
+    r = _post(url, "runs/log-batch", {
+        "run_id": rid, "params": [{"key": "wd", "value": "0.01"}],
+        "tags": [{"key": "team", "value": "b"}, {"key": "mlflow.runName", "value": "after"}],
+        "metrics": [{"key": "loss", "value": 0.5, "timestamp": now, "step": 1},
+                    {"key": "bad\x07key", "value": 0.5, "timestamp": now, "step": 1}]})
+    assert r.status_code == 400 and r.json()["error_code"] == "INVALID_PARAMETER_VALUE", r.text
+    assert "control characters" in r.json()["message"]
+    unchanged()
+
+    # a part that fails inside the transaction (a param that changes value) takes the metrics with it
+    r = _post(url, "runs/log-batch", {
+        "run_id": rid, "params": [{"key": "wd", "value": "0.01"}, {"key": "lr", "value": "0.2"}],
+        "tags": [{"key": "stage", "value": "x"}],
+        "metrics": [{"key": "loss", "value": 0.5, "timestamp": now, "step": 1},
+                    {"key": "val/acc", "value": 0.9, "timestamp": now, "step": 1}]})
+    assert r.status_code == 400 and "Changing param values" in r.json()["message"], r.text
+    unchanged()
+
+    # the same batch without the bad part: all of it, and the detectors saw its NaN
+    r = _post(url, "runs/log-batch", {
+        "run_id": rid, "params": [{"key": "wd", "value": "0.01"}],
+        "tags": [{"key": "stage", "value": "x"}, {"key": "mlflow.runName", "value": "after"}],
+        "metrics": [{"key": "loss", "value": "NaN", "timestamp": now, "step": 1},
+                    {"key": "val/acc", "value": 0.9, "timestamp": now, "step": 1}]})
+    assert r.status_code == 200 and r.json() == {}, r.text
+    ours = read_run(url, rid)
+    assert ours["config"] == {"lr": "0.1", "wd": "0.01"} and ours["name"] == "after"
+    assert "stage=x" in ours["tags"] and set(ours["summary"]) == {"loss", "val/acc"}
+    assert math.isnan(read_series(url, rid, "loss")[1]) and read_series(url, rid, "val/acc") == {1: 0.9}
+    alerts = httpx.get(f"{url}/api/v1/runs/{rid}/alerts", timeout=30).json()["alerts"]
+    assert [(a["rule"], a["series"], a["step"]) for a in alerts] == [("non_finite", "loss", 1)], alerts

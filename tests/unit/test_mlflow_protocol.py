@@ -1,11 +1,12 @@
-"""MLflow's search syntax, parsed by server/api/mlflow_protocol.py into plain conditions."""
+"""MLflow's search syntax, parsed by server/api/mlflow_filters.py into plain conditions, and page tokens."""
 
 from __future__ import annotations
 
 import pytest
 
+from losswatch.server.api import mlflow_filters as mf
 from losswatch.server.api import mlflow_protocol as mp
-from losswatch.server.services.mlflow_compat import MlflowError
+from losswatch.server.api.mlflow_protocol import MlflowError
 from losswatch.server.services.mlflow_search import Condition, Order
 
 
@@ -25,7 +26,7 @@ from losswatch.server.services.mlflow_search import Condition, Order
     ("", []),
 ])
 def test_filters(text: str, expected: list[Condition]) -> None:
-    assert mp.parse_filter(text) == expected
+    assert mf.parse_filter(text) == expected
 
 
 @pytest.mark.parametrize("text", [
@@ -35,21 +36,21 @@ def test_filters(text: str, expected: list[Condition]) -> None:
 ])
 def test_bad_filters_are_mlflows_invalid_parameter_value(text: str) -> None:
     with pytest.raises(MlflowError) as err:
-        mp.parse_filter(text)
+        mf.parse_filter(text)
     assert err.value.error_code == "INVALID_PARAMETER_VALUE" and err.value.status == 400
 
 
 def test_order_by_and_page_tokens() -> None:
-    assert mp.parse_order_by(["metrics.`val/mAP50-95` DESC", "params.lr", "attributes.start_time ASC"]) == [
+    assert mf.parse_order_by(["metrics.`val/mAP50-95` DESC", "params.lr", "attributes.start_time ASC"]) == [
         Order("metric", "val/mAP50-95", False), Order("param", "lr", True), Order("attribute", "start_time", True)]
     for bad in (["metrics.a sideways"], "metrics.a", [1]):
         with pytest.raises(MlflowError):
-            mp.parse_order_by(bad)
+            mf.parse_order_by(bad)
     assert mp.parse_page_token(mp.page_token(2000)) == 2000 and mp.parse_page_token(None) == 0
     assert mp.page_token(None) is None
     for bad in ("nope", "e30=", mp.page_token(-1)):
         with pytest.raises(MlflowError):
             mp.parse_page_token(bad)
-    assert mp.experiment_name_filter("name LIKE 'sw%'") == ("LIKE", "sw%")
+    assert mf.experiment_name_filter("name LIKE 'sw%'") == ("LIKE", "sw%")
     with pytest.raises(MlflowError):
-        mp.experiment_name_filter("tags.x = 'y'")
+        mf.experiment_name_filter("tags.x = 'y'")
