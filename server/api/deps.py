@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Annotated
@@ -49,7 +50,10 @@ class JSONBytes(Response):
     media_type = "application/json"
 
     def render(self, content: object) -> bytes:
-        return orjson.dumps(content)
+        try:
+            return orjson.dumps(content)
+        except TypeError:  # an integer past 64 bits in a run's config: exact, by the standard library
+            return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def get_db(request: Request) -> Database:

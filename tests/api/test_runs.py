@@ -117,3 +117,15 @@ def test_a_listed_run_is_exactly_the_run_read_alone(client: Any) -> None:
     assert three["summary"]["lr"]["last_wall"] == 1_700_000_000.25
     assert three["created_at"].endswith("Z") and three["config"]["a"]["b"] == [1, 2.5, None, "x"]
     assert [r["name"] for r in listed] == ["run-3", "run-2", "run-1", "run-0"]  # newest first
+
+
+def test_a_config_integer_past_64_bits_is_listed_exactly(client: Any) -> None:
+    """orjson writes no integer past 64 bits; the list must not answer 500 for such a config (found by
+    schemathesis), and must give the same exact integer as GET /runs/{id}."""
+    big, small = 2**70, -(2**80)
+    rid = client.post("/api/v1/projects/p/runs", json={"name": "big", "config": {"big": big, "n": {"small": small}}}).json()["id"]
+    r = client.get("/api/v1/projects/p/runs")
+    assert r.status_code == 200, r.text
+    listed = next(run for run in r.json()["runs"] if run["id"] == rid)
+    assert listed["config"] == {"big": big, "n": {"small": small}}
+    assert listed == client.get(f"/api/v1/runs/{rid}").json()
