@@ -32,12 +32,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[server,postgres,torch,dev]"
 	touch $(STAMP)
 
-# The chart library comes from the npm registry at the version pinned in dashboard/package-lock.json.
+# The chart library and Swagger UI (for /docs) come from the npm registry at the versions pinned in
+# dashboard/package-lock.json.
 assets: dashboard/static/vendor/.stamp
 dashboard/static/vendor/.stamp: dashboard/package.json dashboard/package-lock.json
 	cd dashboard && npm ci --no-audit --no-fund --silent
 	mkdir -p dashboard/static/vendor
 	cp dashboard/node_modules/uplot/dist/uPlot.iife.min.js dashboard/node_modules/uplot/dist/uPlot.min.css dashboard/static/vendor/
+	mkdir -p dashboard/static/vendor/swagger-ui
+	cp dashboard/node_modules/swagger-ui-dist/swagger-ui-bundle.js dashboard/node_modules/swagger-ui-dist/swagger-ui.css \
+	   dashboard/node_modules/swagger-ui-dist/oauth2-redirect.js \
+	   dashboard/node_modules/swagger-ui-dist/LICENSE dashboard/static/vendor/swagger-ui/
 	touch $@
 
 # Debian's Chromium for the browser tests (Playwright drives it through executable_path).

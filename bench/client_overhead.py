@@ -7,6 +7,12 @@ is installed), while the client's background threads really batch and post to a 
 running in another process (so its parsing does not compete with the training thread). It also
 times a bare ``deque.append`` of the same tuple as a floor, and ``run.finish()`` (everything
 delivered). Times are microseconds per call; ``finish_s`` is seconds.
+
+``end_to_end(...)`` logs 10 series x N steps as fast as possible into a real ``losswatch serve`` on
+SQLite until ``run.finish()`` returns with every point stored, beside plain ``sqlite3`` executemany
+of the same rows in the same run, and measures the CPU seconds that the client's background threads
+(collector and sender) spend per million points in the training process: the process's CPU time
+minus the training thread's own (``time.process_time() - time.thread_time()``).
 """
 
 from __future__ import annotations
@@ -83,7 +89,69 @@ def _time_calls(call: Any, make: Any, n: int) -> list[int]:
     return out
 
 
-def measure(n_steps: int = 10000) -> dict[str, Any]:
+E2E_KEYS = ("train/loss", "train/loss/box", "train/loss/cls", "train/loss/dfl", "lr", "grad_norm",
+            "sys/gpu_mem", "time/step", "data/throughput", "train/acc")
+
+
+def _log_steps(run: Any, n_steps: int) -> None:
+    k0, k1, k2, k3, k4, k5, k6, k7, k8, k9 = E2E_KEYS
+    log = run.log
+    for step in range(n_steps):
+        x = 1.0 / (step + 1)
+        log({k0: x, k1: 0.5 * x, k2: 0.3 * x, k3: 0.2 * x, k4: 3e-4, k5: 2.0 + x, k6: 1e9, k7: 0.05,
+             k8: 512.0, k9: 1.0 - x}, step=step)
+
+
+def background_cpu(url: str, n_steps: int, spool_dir: str, name: str) -> dict[str, float]:
+    """Log 10 series x ``n_steps`` as fast as possible and finish; wall seconds and the CPU seconds
+    of the client's background threads (process CPU minus the training thread's CPU)."""
+    losswatch = _import_losswatch()
+    run = losswatch.init(project="bench", name=name, url=url, spool_dir=spool_dir, finish_timeout=600)
+    gc.collect()
+    t0, p0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
+    _log_steps(run, n_steps)
+    run.finish()
+    wall = time.perf_counter() - t0
+    main = time.thread_time() - m0
+    total = time.process_time() - p0
+    points = n_steps * len(E2E_KEYS)
+    return {"points": points, "sent_points": run.stats["sent_points"], "seconds": wall,
+            "points_per_s": points / wall, "training_thread_cpu_s": main, "background_cpu_s": total - main,
+            "background_cpu_s_per_million_points": (total - main) / points * 1e6}
+
+
+def end_to_end(n_steps: int = 200_000, work_dir: Path | None = None) -> dict[str, Any]:
+    """The real client into a real server on SQLite, beside plain executemany of the same rows."""
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import server_bench
+
+    work = Path(work_dir or tempfile.mkdtemp()) / "e2e"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    out: dict[str, Any] = {}
+    srv = server_bench.Server(f"sqlite:///{work / 'e2e.db'}", work)
+    try:
+        r = background_cpu(srv.url, n_steps, str(work / "spool"), "end-to-end")
+        import httpx
+
+        runs = httpx.get(f"{srv.url}/api/v1/projects/bench/runs", params={"limit": 5}, timeout=60).json()["runs"]
+        stored = sum(s["count"] for run in runs if run["name"] == "end-to-end" for s in run["summary"].values())
+    finally:
+        srv.stop()
+    out["e2e_points"] = r["points"]
+    out["e2e_stored_points"] = stored
+    out["e2e_points_per_s"] = r["points_per_s"]
+    out["e2e_background_cpu_s_per_million_points"] = r["background_cpu_s_per_million_points"]
+    out["e2e_training_thread_cpu_s"] = r["training_thread_cpu_s"]
+    out["raw_sqlite_executemany_rows_per_s"] = server_bench.raw_sqlite_executemany(work, r["points"])
+    out["ratio_e2e_to_executemany"] = out["e2e_points_per_s"] / out["raw_sqlite_executemany_rows_per_s"]
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def measure(n_steps: int = 10000, quick: bool = False, work_dir: Path | None = None) -> dict[str, Any]:
     """Median and p99 (µs) of one ``run.log()`` of 3 scalars and of 3 CPU tensors, and more."""
     losswatch = _import_losswatch()
     sink = subprocess.Popen([sys.executable, "-c", SINK], stdout=subprocess.PIPE, text=True)
@@ -129,11 +197,17 @@ def measure(n_steps: int = 10000) -> dict[str, Any]:
                 result["tensors_median_us"], result["tensors_p99_us"] = _percentiles(ns)
                 run.finish()
                 result["tensors_points_sent"] = run.stats["sent_points"]
+
+            # The client's background threads alone, against the sink (no server cost in the figure).
+            sink_cpu = background_cpu(url, 20_000 if quick else 100_000, spool_dir, "client-cpu")
+            result["sink_points_per_s"] = sink_cpu["points_per_s"]
+            result["sink_background_cpu_s_per_million_points"] = sink_cpu["background_cpu_s_per_million_points"]
     finally:
         sink.kill()
         sink.wait()
         if sink.stdout is not None:
             sink.stdout.close()
+    result.update(end_to_end(20_000 if quick else 200_000, work_dir))
     return result
 
 

@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,10 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 BIN = Path(sys.executable).parent
+if str(ROOT) not in sys.path:  # the server-process helper the tests use too
+    sys.path.insert(0, str(ROOT))
+from tests._server_process import ServerProcess  # noqa: E402
+
 ULTRA_PYTHON = ROOT / ".venv-ultralytics" / "bin" / "python"
 GOAL = 1.02  # issue 6: at most 2 % more wall time
 
@@ -54,46 +57,15 @@ GOAL = 1.02  # issue 6: at most 2 % more wall time
 # --------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 - 127.0.0.1 only
         return json.loads(r.read())
 
 
-class _Server:
+class _Server(ServerProcess):
     def __init__(self, work: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(work / "server.log", "wb")  # noqa: SIM115
-        env = {**os.environ, "LOSSWATCH_LOG_LEVEL": "warning", "LOSSWATCH_AUTH": "off"}
-        self.proc = subprocess.Popen(
-            [str(BIN / "losswatch"), "serve", "--db", f"sqlite:///{work / 'bench.db'}", "--host", "127.0.0.1",
-             "--port", str(self.port)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"losswatch serve exited: {(work / 'server.log').read_text()[-2000:]}")
-            try:
-                _get(self.url + "/healthz")
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("losswatch serve did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        super().__init__(f"sqlite:///{work / 'bench.db'}", env={"LOSSWATCH_AUTH": "off"}, log_path=work / "server.log")
+        self.start(timeout=60)
 
 
 def _worker(python: Path, framework: str, url: str, work: Path, seconds: float, reps: int,

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:  # the server-process helper the tests use too
+    sys.path.insert(0, str(HERE.parent))
+from tests._server_process import ServerProcess  # noqa: E402
+
 VENV = HERE / ".venv-mlflow"
 BATCH = 1000  # MLflow's MAX_METRICS_PER_BATCH
 SPIKE_STEP = 77_777  # a one-step spike planted in the big metric: does a sampled query keep it?
@@ -123,63 +126,29 @@ def _ensure_psycopg(log_path: Path) -> str | None:
     return None if rc == 0 else f"pip install psycopg[binary] failed (exit {rc}): {_tail(log_path, 400)}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # --------------------------------------------------------------------------------------------
 # The server and its HTTP API (runs in our virtualenv: httpx)
 # --------------------------------------------------------------------------------------------
 
 
-class _Server:
+class _Server(ServerProcess):
+    """``mlflow server`` (in its own session: ``--workers`` forks, and stop() ends them all)."""
+
     def __init__(self, backend_uri: str, work: Path, workers: int | None) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = work / "server.log"
-        cmd = [
+        argv = [
             str(VENV / "bin" / "mlflow"), "server",
             "--backend-store-uri", backend_uri,
             "--default-artifact-root", (work / "artifacts").as_uri(),
-            "--host", "127.0.0.1", "--port", str(self.port),
+            "--host", "127.0.0.1", "--port", "{port}",
         ]  # fmt: skip
         if workers is not None:
-            cmd += ["--workers", str(workers)]
-        env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=work, env=env, start_new_session=True
-        )
+            argv += ["--workers", str(workers)]
+        super().__init__(argv=argv, env={"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"},
+                         log_path=work / "server.log", health="/health", cwd=work, new_session=True)
+        self.start(wait=False)
 
-    def wait_ready(self, timeout_s: float) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited ({self.proc.returncode}): {_tail(self.log_path)}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"mlflow server did not answer within {timeout_s:.0f} s: {_tail(self.log_path)}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, 15)
-                self.proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, 9)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=10)
-        self._log.close()
+    def stop(self, timeout: float = 20.0) -> None:
+        super().stop(timeout)
 
 
 def _post(client: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -66,6 +66,9 @@ MODULES: dict[str, tuple[str, float]] = {
     "tensorboard": ("tb_peer", 90.0),
     "load": ("load", 300.0),
     "integrations": ("integrations_bench", 240.0),
+    "python_api": ("python_api_bench", 600.0),
+    "security": ("security_bench", 360.0),
+    "scaleout": ("scaleout_bench", 240.0),
 }
 
 PACKAGES = ("fastapi", "uvicorn", "sqlalchemy", "numpy", "orjson", "torch", "pydantic", "httpx", "psycopg", "alembic")

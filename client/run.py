@@ -19,33 +19,71 @@ import threading
 import time
 import uuid
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from losswatch.client import delivery, spool, wire
+from losswatch.client import delivery, settings, spool, system, wire
 from losswatch.client.batching import Collector
 from losswatch.client.errors import LosswatchError, LosswatchWarning, StopTraining
 from losswatch.client.sender import Notices, Sender
-from losswatch.client.transport import DEFAULT_URL, HTTPTransport, Transport
+from losswatch.client.system import SystemSampler
+from losswatch.client.transport import HTTPTransport, Transport
 
 log = logging.getLogger("losswatch")
 
-_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-RUN_STATUSES = ("finished", "failed", "stopped", "crashed")
+_RUN_ID = re.compile(wire.RUN_ID_PATTERN)
+RUN_STATUSES = wire.END_STATUSES
 _modules = sys.modules
 _now = time.time
 _exit_status: str | None = None  # set by our excepthook: the interpreter is exiting on an exception
-# the alert rules of the server (losswatch.server.detectors.RULES); stop_on names are checked against them
-ALERT_RULES = ("non_finite", "spike", "divergence", "plateau", "overfitting", "misalignment", "stalled")
+ALERT_RULES = wire.ALERT_RULES  # the server's rules: stop_on names are checked against them
+
+
+_exit_code: Any = None  # the argument of the last sys.exit() call (a non-zero one marks the run failed)
+_live_runs: weakref.WeakSet[Run] = weakref.WeakSet()  # runs with sender threads, for the fork handler
+
+
+def _exit_status_at_exit() -> str | None:
+    """The status a run still open at interpreter exit gets: the excepthook's verdict, else
+    ``failed`` after ``sys.exit(n)`` with ``n`` not 0/None, else None (finished or stopped)."""
+    if _exit_status is not None:
+        return _exit_status
+    if _exit_code not in (None, 0):
+        return "failed"
+    return None
+
+
+def _after_fork_in_child() -> None:
+    """``os.fork()`` copied the runs but not their threads: in the child each run drops what it is
+    given, warns once, and does nothing at exit (no wait on a sender that does not exist). A child
+    that wants to log calls ``losswatch.init()`` itself and gets its own run and sender."""
+    for run in list(_live_runs):
+        run._forked()
+    _live_runs.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _install_excepthook() -> None:
     previous = sys.excepthook
     if getattr(previous, "_losswatch", False):
         return
+    exit_fn = sys.exit
+
+    def record_exit(code: Any = None) -> None:
+        global _exit_code
+        _exit_code = code
+        exit_fn(code)
+
+    record_exit._losswatch = True  # type: ignore[attr-defined]
+    if not getattr(exit_fn, "_losswatch", False):
+        sys.exit = record_exit
 
     def hook(tp: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
         global _exit_status
@@ -65,10 +103,8 @@ def _rank() -> tuple[int, int]:
                 return int(dist.get_rank()), int(dist.get_world_size())
         except Exception:  # noqa: BLE001
             log.debug("losswatch: torch.distributed did not tell its rank", exc_info=True)
-    try:
-        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 0, 1
+    rank = settings.rank()
+    return (0 if rank is None else rank), settings.world_size()
 
 
 def _shared_run_id(run_id: str, world: int) -> str:
@@ -158,6 +194,8 @@ def _wall(value: Any) -> float:
 
 class Run:
     """One training run. Create it with :func:`losswatch.init`."""
+
+    _system: SystemSampler | None = None  # the system metrics thread (init's system_metrics=)
 
     def __init__(
         self,
@@ -253,6 +291,7 @@ class Run:
         self._sender.start()
         self._collector.start()
         atexit.register(self._atexit)
+        _live_runs.add(self)
 
     # ---- the training thread's fast path ------------------------------------------------------
 
@@ -486,14 +525,44 @@ class Run:
         atexit.unregister(self._atexit)
         self.log = self.log_eval = self._after_finish  # type: ignore[method-assign]
         deadline = time.monotonic() + (self._finish_timeout if timeout is None else timeout)
+        if self._system is not None:
+            self._system.stop()
         self._collector.finish(status)
         self._collector.join(max(0.0, deadline - time.monotonic()))
         self._sender.close(max(0.5, deadline - time.monotonic()))
         self._emit(stacklevel=3)
 
+    def _start_system(self, interval: float) -> None:
+        if interval <= 0:
+            raise ValueError(f"losswatch: system_metrics is a sampling interval in seconds (> 0), got {interval}")
+        self._system = SystemSampler(self, interval)
+        self._system.start()
+
+    def _forked(self) -> None:
+        """In a forked child (see :func:`_after_fork_in_child`)."""
+        if self._finished:
+            return
+        self._finished = True
+        atexit.unregister(self._atexit)
+        parent = os.getppid()
+        warned: list[bool] = []
+
+        def drop(*args: Any, **kwargs: Any) -> None:
+            if not warned:
+                warned.append(True)
+                warnings.warn(
+                    f"losswatch: run {self.id} belongs to process {parent}; this forked child (pid "
+                    f"{os.getpid()}) does not send its points, they are dropped. Log from the parent, or "
+                    "call losswatch.init() in the child for a run of its own.",
+                    LosswatchWarning, stacklevel=2,
+                )
+
+        self.log = self.log_eval = drop  # type: ignore[method-assign]
+        self.flush = lambda timeout=30.0: False  # type: ignore[method-assign]
+
     def _atexit(self) -> None:
         try:
-            self.finish(_exit_status)
+            self.finish(_exit_status_at_exit())
         except Exception:  # noqa: BLE001 - at exit, nothing left to protect but the exit itself
             log.exception("losswatch: finishing run %s at exit failed", self.id)
 
@@ -561,24 +630,24 @@ def init(
     retry_min: float = 0.5,
     retry_max: float = 30.0,
     fsync: bool = True,
+    system_metrics: float | bool | None = True,
 ) -> Run:
     """Start a run and its background sender; see ``docs/client.md`` for every option."""
-    url = url or os.environ.get("LOSSWATCH_URL") or DEFAULT_URL
-    token = token or os.environ.get("LOSSWATCH_TOKEN") or None
-    project = project or os.environ.get("LOSSWATCH_PROJECT") or "default"
+    url, token, project = settings.url(url), settings.token(token), settings.project(project)
     if flush_every < 1 or flush_interval <= 0 or max_queue < flush_every or max_buffer_bytes < 1:
         raise ValueError("losswatch: need flush_every >= 1, flush_interval > 0, max_queue >= flush_every")
     for kind in (kinds or {}).values():
         if kind not in wire.SERIES_KINDS:
             raise ValueError(f"losswatch: unknown kind {kind!r}; one of {wire.SERIES_KINDS}")
     stop_rules = _stop_rules(stop_on)
+    system_interval = system.interval_of(system_metrics)
     if alerts is not None and not isinstance(alerts, Mapping):
         raise ValueError(
             "losswatch: alerts= is a rule configuration such as {'plateau': False, 'silenced': ['stalled']}"
         )
     rank, world = _rank()
-    run_id = id or os.environ.get("LOSSWATCH_RUN_ID") or uuid.uuid4().hex
-    if not rank_zero_only and not (id or os.environ.get("LOSSWATCH_RUN_ID")):
+    run_id = settings.run_id(id) or uuid.uuid4().hex
+    if not rank_zero_only and not settings.run_id(id):
         run_id = _shared_run_id(run_id, world)
     if not _RUN_ID.fullmatch(run_id):
         raise ValueError(f"losswatch: run ids are 1-64 of [A-Za-z0-9_-], got {run_id!r}")
@@ -608,7 +677,7 @@ def init(
     spool_path = directory / f"{run_id}{key_suffix}{spool.SUFFIX}"
     if enabled:
         _install_excepthook()
-    return Run(
+    run = Run(
         run_id=run_id, project=project, url=url, transport=transport, create_payload=payload,
         strict=strict, spool_path=spool_path, flush_every=flush_every, flush_interval=flush_interval,
         max_queue=max_queue, max_buffer_bytes=max_buffer_bytes, kinds=dict(kinds or {}),
@@ -616,3 +685,6 @@ def init(
         heartbeat_interval=heartbeat_interval, finish_timeout=finish_timeout, retry_min=retry_min,
         retry_max=retry_max, fsync=fsync, enabled=enabled,
     )  # fmt: skip
+    if enabled and system_interval:
+        run._start_system(system_interval)
+    return run

@@ -18,7 +18,9 @@ from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-TOKEN_COOKIE: Final = "losswatch_token"
+from losswatch.client import wire
+
+TOKEN_COOKIE: Final = wire.TOKEN_COOKIE
 
 # uPlot writes inline style attributes, hence 'unsafe-inline' for styles only.
 CONTENT_SECURITY_POLICY: Final = (

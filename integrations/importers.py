@@ -6,7 +6,9 @@
     losswatch import mlflow URI         [--project P] [--url URL] [--token T] [--experiment NAME ...]
 
 - **tensorboard**: every directory under LOGDIR that holds event files (``events.out.tfevents.*``)
-  becomes one run, named by its path relative to LOGDIR; its scalars (classic ``simple_value`` ones
+  becomes one run, named by its path relative to LOGDIR, except the sub-directories that
+  ``add_scalars("grp", {"a": ..., "b": ...})`` writes (``grp_a``, ``grp_b``): those become series
+  ``grp/a``, ``grp/b`` of their parent's run; its scalars (classic ``simple_value`` ones
   and the ``scalars`` plugin's tensors) are read with TensorBoard's own ``EventAccumulator`` and
   keep their tags, steps and wall times. Project: ``--project``, default ``tensorboard``.
 - **mlflow**: every run of every experiment (or of the ``--experiment`` ones) of the tracking URI
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from losswatch.client import wire
+from losswatch.client import settings, wire
 from losswatch.client.transport import DEFAULT_URL, HTTPTransport
 
 EVENT_FILE = "events.out.tfevents"
@@ -232,13 +234,44 @@ def import_tensorboard(logdir: Path, sender: Sender, project: str, out: TextIO |
     dirs = event_dirs(logdir)
     if not dirs:
         raise ImportError_(f"no TensorBoard event files ({EVENT_FILE}.*) under {logdir}")
-    progress = Progress(len(dirs), out)
+    runs = merge_scalars_groups({d: read_tensorboard(d, logdir) for d in dirs})
+    progress = Progress(len(runs), out)
     done = []
-    for index, directory in enumerate(dirs, 1):
-        run = read_tensorboard(directory, logdir)
+    for index, run in enumerate(runs.values(), 1):
         sender.send(project, run, progress, index)
         done.append(run)
     return done
+
+
+def _group_of(directory: Path, run: ImportedRun) -> dict[str, str] | None:
+    """``{tag: "tag/subtag"}`` when ``directory`` is what ``add_scalars(main_tag, {subtag: ...})``
+    writes (torch's and tensorboardX's SummaryWriter): a sub-directory named
+    ``<main_tag with / as _>_<subtag>`` holding scalars tagged ``main_tag``; else None."""
+    if not run.series:
+        return None
+    keys = {}
+    for tag in run.series:
+        prefix = tag.replace("/", "_") + "_"
+        if not directory.name.startswith(prefix) or len(directory.name) == len(prefix):
+            return None
+        keys[tag] = f"{tag}/{directory.name[len(prefix):]}"
+    return keys
+
+
+def merge_scalars_groups(runs: dict[Path, ImportedRun]) -> dict[Path, ImportedRun]:
+    """``add_scalars`` groups become series ``tag/subtag`` of their parent's run, as losswatch's own
+    SummaryWriter logs them, instead of runs of their own."""
+    out = dict(runs)
+    for directory in sorted(runs, key=lambda d: len(d.parts), reverse=True):  # deepest first
+        parent = out.get(directory.parent)
+        keys = _group_of(directory, runs[directory]) if parent is not None and directory.parent != directory else None
+        if parent is None or keys is None:
+            continue
+        for tag, key in keys.items():
+            if key not in parent.series:
+                parent.series[key] = runs[directory].series[tag]
+        del out[directory]
+    return out
 
 
 # --- MLflow -----------------------------------------------------------------------------------
@@ -323,13 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["archive"]:  # a project archive of `losswatch export --project`: straight into the database
-        from losswatch.cli import import_archive_main
-
-        return import_archive_main(argv[1:])
+    if argv[:1] == ["archive"]:  # `losswatch import archive` writes to the database: the CLI handles it
+        print("losswatch import: a project archive goes straight into the database; run `losswatch import "
+              "archive FILE` (losswatch import archive -h)", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
-    url = args.url or os.environ.get("LOSSWATCH_URL") or DEFAULT_URL
-    token = args.token or os.environ.get("LOSSWATCH_TOKEN") or None
+    url, token = settings.url(args.url), settings.token(args.token)
     try:
         sender = Sender(url, token, batch_points=max(1, args.batch))
     except ValueError as exc:
@@ -342,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ImportError:
                 print("losswatch import: reading event files needs TensorBoard: pip install tensorboard", file=sys.stderr)
                 return 2
-            project = args.project or os.environ.get("LOSSWATCH_PROJECT") or "tensorboard"
+            project = settings.project(args.project, default="tensorboard")
             runs = import_tensorboard(args.logdir, sender, project)
         else:
             try:

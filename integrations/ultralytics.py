@@ -37,10 +37,10 @@ Ultralytics shares rank zero's decision with every rank.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from losswatch.client import settings, wire
 from losswatch.client.run import Run
 from losswatch.integrations._common import is_number, plain_config, start_run
 
@@ -53,10 +53,9 @@ EVENTS = ("on_pretrain_routine_start", "on_train_epoch_start", "on_train_batch_e
 
 
 def _rank() -> int:
-    try:
-        return int(os.environ.get("RANK", "-1"))
-    except ValueError:
-        return -1
+    """$RANK, or -1 outside a distributed job (Ultralytics' own convention)."""
+    rank = settings.rank()
+    return -1 if rank is None else rank
 
 
 class LosswatchYOLO:
@@ -122,8 +121,7 @@ class LosswatchYOLO:
             run.log(values, step=step)
         else:
             self._keys = keys
-            kinds = {k: "loss" if k == "train/loss" else "lr" if k.startswith("lr/") else "loss_component"
-                     for k in keys}  # fmt: skip
+            kinds = {k: wire.guess_kind(k) for k in keys}  # train/loss: loss, train/box_loss: loss_component
             run.log(values, step=step, kinds=kinds)
         if run.should_stop and _rank() == -1:
             self._stop(trainer, f"after batch {step}")

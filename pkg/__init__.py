@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "init": "losswatch.client.run",
     "Run": "losswatch.client.run",
+    "Api": "losswatch.client.api",
     "LosswatchError": "losswatch.client.errors",
     "TransportError": "losswatch.client.errors",
     "ServerError": "losswatch.client.errors",

@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
+
+from losswatch.client import settings
 
 WEIGHTS = {"box": 7.5, "cls": 0.5, "l1": 1.5}
 N_FEATURES, N_CLASSES, HIDDEN = 16, 4, 64
@@ -245,13 +246,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="losswatch demo",
         description="Train three small torch models (healthy, diverging, plateauing) against a running server.",
     )
-    parser.add_argument("--url", default=os.environ.get("LOSSWATCH_URL") or "http://127.0.0.1:8000",
+    parser.add_argument("--url", default=settings.url(),
                         help="server URL (default: $LOSSWATCH_URL or http://127.0.0.1:8000)")
     parser.add_argument("--project", default="demo", help="project of the three runs (default: demo)")
     parser.add_argument("--steps", type=int, default=1500, help="training steps per model (default: 1500)")
     parser.add_argument("--eval-every", type=int, default=None,
                         help="steps between evaluations (default: steps/12)")
-    parser.add_argument("--token", default=os.environ.get("LOSSWATCH_TOKEN"),
+    parser.add_argument("--token", default=settings.token(),
                         help="API token with write scope, if the server requires one (default: $LOSSWATCH_TOKEN)")
     args = parser.parse_args(argv)
     if args.steps < 50:

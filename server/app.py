@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,8 +15,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from losswatch import __version__
-from losswatch.server.db import Database, has_schema, pending_migrations, upgrade
+from losswatch.dashboard import views as dashboard
+from losswatch.server.api import admin, alerts, mlflow, openapi, projects, query, runs, tokens
+from losswatch.server.db import Database, prepare_database
 from losswatch.server.errors import LosswatchError
+from losswatch.server.services.tokens import AuthCache
 from losswatch.server.settings import Settings
 
 log = logging.getLogger("losswatch.server")
@@ -36,9 +38,7 @@ def _wants_html(request: Request) -> bool:
 
 def _render_error(request: Request, status: int, code: str, message: str, details: Any = None) -> Response:
     if _wants_html(request):
-        render = getattr(request.app.state, "render_error_page", None)
-        if render is not None:
-            return render(request, status, code, message)  # type: ignore[no-any-return]
+        return dashboard.render_app_error(request, status, code, message)
     return error_response(status, code, message, details)
 
 
@@ -113,20 +113,6 @@ class RefuseNul:
         await self.app(scope, receive, send)
 
 
-def prepare_database(settings: Settings, db: Database) -> None:
-    """Apply pending migrations, or refuse to start when told not to."""
-    pending = pending_migrations(db.engine) if has_schema(db.engine) else ["(all)"]
-    if not pending:
-        return
-    if not settings.auto_migrate:
-        raise RuntimeError(
-            f"the database at {db.engine.url.render_as_string(hide_password=True)} needs migrations "
-            f"({len(pending)} pending); run `losswatch db upgrade` or start without --no-migrate"
-        )
-    log.info("applying %d database migration(s)", len(pending))
-    upgrade(settings.database_url)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -153,9 +139,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Training-metrics monitoring: losses, their components and eval metrics of every batch.",
         lifespan=lifespan,
+        docs_url=None,  # served by api.openapi.install: Swagger UI from local assets, under the CSP
+        redoc_url=None,
     )
     app.state.settings = settings
-    app.state.auth_cache = {}
+    app.state.auth_cache = AuthCache(ttl=settings.auth_cache_seconds)  # verified tokens only, LRU-bounded
     app.state.run_projects = {}
 
     @app.exception_handler(LosswatchError)
@@ -184,19 +172,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return _render_error(request, 500, "internal_error", "unexpected server error; see the server log")
 
-    from losswatch.server.api import projects, query, runs
+    for router in (projects.router, tokens.router, runs.router, query.router, alerts.router, admin.router,
+                   mlflow.router, mlflow.artifacts_router):
+        app.include_router(router)
 
-    app.include_router(projects.router)
-    app.include_router(runs.router)
-    app.include_router(query.router)
-    for optional in ("alerts", "admin", "mlflow"):  # routers that arrive with their own modules
-        try:
-            module = importlib.import_module(f"losswatch.server.api.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"losswatch.server.api.{optional}":
-                raise
-            continue
-        app.include_router(module.router)
+    openapi.install(app)
 
     @app.get("/healthz", tags=["meta"], summary="Liveness")
     def healthz() -> dict[str, str]:
@@ -209,16 +189,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _mount_dashboard(app: FastAPI) -> None:
-    try:
-        from losswatch.dashboard import views
-    except ImportError as exc:  # the dashboard is optional while it is being built
-        log.debug("dashboard not available: %s", exc)
-        return
     from fastapi.staticfiles import StaticFiles
 
-    app.include_router(views.router)
-    static = Path(views.__file__).parent / "static"
+    app.include_router(dashboard.router)
+    static = Path(dashboard.__file__).parent / "static"
     app.mount("/static", StaticFiles(directory=static, check_dir=False), name="static")
-    setup = getattr(views, "setup", None)
-    if setup is not None:
-        setup(app)
+    dashboard.setup(app)

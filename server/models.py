@@ -18,16 +18,34 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     UniqueConstraint,
+    and_,
+    column,
+    exists,
+    func,
+    select,
+    type_coerce,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def json_array_contains_all(dialect: str, array: Any, values: list[str]) -> Any:
+    """A condition true when the JSON array ``array`` holds every one of ``values`` (strings).
+    The one per-dialect branch of the run list: JSONB containment (``@>``) on PostgreSQL, one
+    ``EXISTS (... json_each ...)`` per value on SQLite."""
+    if dialect == "postgresql":
+        return type_coerce(array, JSONB).contains(values)
+    return and_(*(exists(select(1).select_from(func.json_each(array).table_valued("value"))
+                         .where(column("value") == v)) for v in values))
+
 
 RUN_STATUSES = ("running", "finished", "failed", "crashed", "stopped")
 TOKEN_SCOPES = ("read", "write", "admin")
@@ -57,10 +75,14 @@ class Token(Base):
     digest: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The token that minted this one (through the API), if any: revoking it revokes this one too.
+    parent_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
 
 
 class Run(Base):
     __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_project_created", "project_id", "created_at", "id"),)  # the run list
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)

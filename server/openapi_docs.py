@@ -1,8 +1,11 @@
-"""Write the API reference (docs/api-reference.md) from the app's own OpenAPI document.
+"""The API reference page, generated from the app's OpenAPI document (a composition root, like
+``create_app``: it builds the app; the document and its pages are ``losswatch.server.api.openapi``).
 
-    python -m losswatch.server.openapi_docs > docs/api-reference.md
+:func:`render` writes the API reference (docs/api-reference.md) from the document::
 
-A test regenerates it and compares, so the reference cannot drift from the routes.
+      python -m losswatch.server.openapi_docs > docs/api-reference.md
+
+  A test regenerates it and compares, so the reference cannot drift from the routes.
 """
 
 from __future__ import annotations
@@ -10,8 +13,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from losswatch.server.app import create_app
-from losswatch.server.settings import Settings
+from losswatch.server.api.openapi import _refs, complete_components, install  # noqa: F401 - their old home
 
 _METHODS = ("get", "post", "put", "patch", "delete")
 
@@ -41,6 +43,9 @@ def _answers(op: dict[str, Any]) -> str:
 
 
 def render() -> str:
+    from losswatch.server.app import create_app
+    from losswatch.server.settings import Settings
+
     app = create_app(Settings(database_url="sqlite://", background_workers=False))
     spec = app.openapi()
     lines = [

@@ -17,7 +17,7 @@ SeriesKind = Literal["loss", "loss_component", "metric", "lr", "grad_norm", "oth
 # A value as it travels: a number, or a non-finite spelling of losswatch.client.wire.
 WireValue = float | Literal["NaN", "Infinity", "-Infinity"]
 
-RUN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+RUN_ID_PATTERN = wire.RUN_ID_PATTERN
 PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
 
 
@@ -58,8 +58,28 @@ def _storable_json(value: Any, finite: bool = True) -> Any:
     return value
 
 
+def _one_line(text: str) -> str:
+    """A name (run name, group, tag): storable, and no control character (the rule of
+    ``wire.control_character``, which series keys follow too)."""
+    bad = wire.control_character(_storable_text(text))
+    if bad is not None:
+        raise ValueError(f"must not contain control characters (found {bad}): tab, CR, LF and the like break "
+                         "e-mail headers, logs and CSV files")
+    return text
+
+
+def _multi_line(text: str) -> str:
+    """Free text (notes): storable; tab, CR, LF and line separators allowed, other control characters not."""
+    bad = wire.control_character(_storable_text(text), multiline=True)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters other than tab, CR and LF (found {bad})")
+    return text
+
+
 # Strings and JSON objects that are stored: refused with 422 where a backend would fail or change them.
 Text = Annotated[str, AfterValidator(_storable_text)]
+Name = Annotated[str, AfterValidator(_one_line)]
+Notes = Annotated[str, AfterValidator(_multi_line)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 # The MLflow routes' bodies: MLflow's client writes a NaN metric as a bare NaN token, which is a value
 # to store (as a point), not an error; strings still must be storable.
@@ -92,11 +112,11 @@ class ProjectList(BaseModel):
 
 class RunCreate(_Strict):
     id: str | None = Field(None, pattern=RUN_ID_PATTERN, description="Client-chosen id (idempotent create).")
-    name: Text | None = Field(None, max_length=500)
-    group: Text | None = Field(None, max_length=500)
-    tags: list[Annotated[Text, Field(max_length=500)]] = Field(default_factory=list, max_length=100)
+    name: Name | None = Field(None, max_length=500)
+    group: Name | None = Field(None, max_length=500)
+    tags: list[Annotated[Name, Field(max_length=500)]] = Field(default_factory=list, max_length=100)
     config: JsonObject = Field(default_factory=dict)
-    notes: Text | None = Field(None, max_length=100_000)
+    notes: Notes | None = Field(None, max_length=100_000)
     host: Text | None = Field(None, max_length=500)
     client: JsonObject = Field(default_factory=dict)
     alerts: JsonObject | None = Field(
@@ -105,11 +125,11 @@ class RunCreate(_Strict):
 
 
 class RunUpdate(_Strict):
-    name: Text | None = Field(None, min_length=1, max_length=500)
-    group: Text | None = Field(None, max_length=500)
-    tags: list[Annotated[Text, Field(max_length=500)]] | None = Field(None, max_length=100)
+    name: Name | None = Field(None, min_length=1, max_length=500)
+    group: Name | None = Field(None, max_length=500)
+    tags: list[Annotated[Name, Field(max_length=500)]] | None = Field(None, max_length=100)
     config: JsonObject | None = None
-    notes: Text | None = Field(None, max_length=100_000)
+    notes: Notes | None = Field(None, max_length=100_000)
     status: RunStatus | None = None
 
 
@@ -163,11 +183,16 @@ class RunPage(BaseModel):
 
 
 class SeriesPoints(_Strict):
-    key: str = Field(min_length=1, max_length=wire.MAX_KEY_LENGTH)
+    """One series of an ingest batch. Documentation only: ingest parses its body by hand
+    (``losswatch.server.services.batches``), with the same rules."""
+
+    key: str = Field(min_length=1, max_length=wire.MAX_KEY_LENGTH, pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$",
+                     description="The series key; no control characters.")
     kind: SeriesKind | None = None
-    steps: list[int] = Field(description="Integers in [0, 2^63-1].")
-    values: list[WireValue] = Field(description="Numbers, or 'NaN', 'Infinity', '-Infinity'.")
-    wall_times: list[float] | None = Field(None, description="Seconds since the epoch; default: arrival.")
+    steps: list[Annotated[int, Field(ge=0, le=wire.MAX_STEP)]] = Field(description="Integers in [0, 2^63-1].")
+    values: list[WireValue] = Field(description="Numbers, or 'NaN', 'Infinity', '-Infinity'; as many as steps.")
+    wall_times: list[Annotated[float, Field(ge=0, le=1e11)]] | None = Field(
+        None, description="Seconds since the epoch; default: arrival.")
 
 
 class IngestBatch(_Strict):
@@ -234,8 +259,11 @@ class QueryResult(BaseModel):
 
 
 class TokenCreate(_Strict):
-    name: Text = Field("api", min_length=1, max_length=200)
+    name: Name = Field("api", min_length=1, max_length=200)
     scope: Scope = "read"
+    expires_at: datetime | None = Field(
+        None, description="When the token stops working (ISO 8601, with a time zone; none: never). A token made "
+        "with a token that expires expires at the latest with it.")
 
 
 class TokenCreated(BaseModel):
@@ -243,7 +271,26 @@ class TokenCreated(BaseModel):
     project: str
     name: str
     scope: Scope
+    expires_at: datetime | None = None
     token: str = Field(description="Shown once; only its hash is stored.")
+
+
+class TokenRead(BaseModel):
+    """A token as lists show it: never its secret."""
+
+    id: int
+    project: str
+    name: str
+    scope: Scope
+    prefix: str = Field(description="The start of the token's text, up to its secret part, to recognise it")
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    parent_id: int | None = Field(description="The token that made this one, if it was made through the API")
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenRead]
 
 
 class AlertList(BaseModel):
@@ -254,7 +301,7 @@ class AlertList(BaseModel):
 
 
 class ChannelCreate(_Strict):
-    name: Text = Field(min_length=1, max_length=200)
+    name: Name = Field(min_length=1, max_length=200)
     kind: Literal["webhook", "slack", "email"]
     config: JsonObject = Field(description="webhook: {url, secret?}; slack: {url}; email: {to: [addresses]}")
     min_severity: Literal["info", "warning", "critical"] = "warning"

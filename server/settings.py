@@ -31,6 +31,36 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest accepted request body in bytes (413 above)."
     )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=4096, le=16 * 1024 * 1024,
+        description="Largest accepted request head (request line and headers together) in bytes; "
+        "431 above, before the server buffers more of it.",
+    )
+    max_series_per_batch: int = Field(
+        1000, ge=1,
+        description="Most series in one ingest batch (413 above; the client splits the batch and sends "
+        "the parts). Bounds the time one batch holds the write lock.",
+    )
+    max_points_per_batch: int = Field(
+        200_000, ge=1,
+        description="Most points (all series together) in one ingest batch (413 above; the client splits "
+        "the batch). Bounds the time one batch holds the write lock.",
+    )
+    auth_cache_seconds: float = Field(
+        1.0, ge=0, le=10,
+        description="How long a server process trusts a verified token before reading it again: a revoked "
+        "or expired token stops working on every process within this many seconds.",
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, le=3600,
+        description="`losswatch serve` closes a connection (408) whose request line and headers have not "
+        "all arrived this many seconds after it opened or after its previous answer (slow-header attacks).",
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600,
+        description="`losswatch serve` closes a connection (408) whose request body stalls for this many "
+        "seconds between two reads.",
+    )
     auto_migrate: bool = Field(
         True, description="Apply pending database migrations when the server starts."
     )

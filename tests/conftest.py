@@ -7,11 +7,9 @@ a missing server skips the PostgreSQL variants loudly; with CI=true it fails the
 
 from __future__ import annotations
 
+import importlib
 import os
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,8 +17,13 @@ from typing import Any
 
 import pytest
 
+from tests._server_process import ServerProcess, free_port  # noqa: F401 - the tests import them from here
+
 PG_URL = os.environ.get("LOSSWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The client samples system metrics (sys/* series) every 10 s by default: off in tests unless a test
+# asks (tests/client/test_system.py), so that a run's series are what the test logged however slow the machine.
+os.environ.setdefault("LOSSWATCH_SYSTEM_METRICS", "0")
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -39,13 +42,23 @@ def _pg_reason() -> str | None:
         return f"PostgreSQL at {PG_URL} is not reachable: {exc}"
 
 
-def need_or_skip(reason: str | None) -> None:
-    """Skip loudly outside CI; fail in CI, where every dependency must be present."""
+def need_or_skip(reason: str | None, allow_module_level: bool = False) -> None:
+    """Skip loudly outside CI; fail in CI, where every dependency must be present. The one skip policy
+    of the suite: every skip for something missing goes through here (or through :func:`need_module`)."""
     if reason is None:
         return
     if IN_CI:
-        pytest.fail(f"{reason} (CI=true: a missing dependency is a failure, not a skip)")
-    pytest.skip(f"SKIPPED, NOT TESTED: {reason}")
+        pytest.fail(f"{reason} (CI=true: a missing dependency is a failure, not a skip)", pytrace=False)
+    pytest.skip(f"SKIPPED, NOT TESTED: {reason}", allow_module_level=allow_module_level)
+
+
+def need_module(name: str) -> Any:
+    """``pytest.importorskip`` under the policy above: the module, or a loud skip (a failure in CI).
+    Works at module level (``torch = need_module("torch")``) and inside a test."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        need_or_skip(f"{name} is not installed ({exc})", allow_module_level=True)
 
 
 @pytest.fixture
@@ -88,78 +101,6 @@ def client(db_url: str) -> Iterator[Any]:
     """The real app in process, auth off, on a fresh database migrated by Alembic."""
     with make_client(db_url) as c:
         yield c
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerProcess:
-    """A real `losswatch serve` process on 127.0.0.1."""
-
-    def __init__(self, db_url: str, port: int | None = None, env: dict[str, str] | None = None,
-                 args: list[str] | None = None, log_path: Path | None = None) -> None:
-        self.db_url, self.port = db_url, port or free_port()
-        self.env = {**os.environ, "LOSSWATCH_LOG_LEVEL": "warning", **(env or {})}
-        self.args = args or []
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, wait: bool = True) -> ServerProcess:
-        if self.log_path is None:
-            import tempfile
-
-            fd, name = tempfile.mkstemp(prefix="losswatch-serve-", suffix=".log")
-            os.close(fd)
-            self.log_path = Path(name)
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [str(BIN / "losswatch"), "serve", "--db", self.db_url, "--host", "127.0.0.1",
-                 "--port", str(self.port), *self.args],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            )
-        if wait:
-            self.wait_ready()
-        return self
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.output()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server did not become ready")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture

@@ -16,17 +16,17 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import need_or_skip
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
 
 def _compose_config(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     exe = shutil.which("docker-compose")
-    if exe is None:
-        reason = "docker-compose is not installed (apt-get install docker-compose, or run `make test`)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip("SKIPPED LOUDLY: " + reason)
+    need_or_skip(None if exe is not None else
+                 "docker-compose is not installed (apt-get install docker-compose, or run `make test`)")
+    assert exe is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "COMPOSE_", "DOCKER_"))}
     env.update(extra_env or {})
     proc = subprocess.run(

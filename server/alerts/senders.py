@@ -12,10 +12,10 @@ import smtplib
 import ssl
 from email.message import EmailMessage
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
+from losswatch.server.services.channels import mask_url
 from losswatch.server.settings import Settings
 
 
@@ -26,8 +26,15 @@ class DeliveryError(Exception):
 
 
 def _where(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    """Where a delivery went, as errors and logs may show it (no user info, path or secret)."""
+    return mask_url(url)
+
+
+def _header_text(text: str) -> str:
+    """One line for a mail header: every control character (CR, LF, NEL, the line separators ...)
+    becomes a space. Names are refused with control characters at every door; this is the second
+    line of defence, so that no name already stored can make every e-mail of its run fail."""
+    return "".join(" " if c.isspace() or not c.isprintable() else c for c in text)[:900]
 
 
 def _post(client: httpx.Client, url: str, body: bytes, headers: dict[str, str]) -> int:
@@ -66,8 +73,8 @@ def send_email(settings: Settings, config: dict[str, Any], payload: dict[str, An
     msg = EmailMessage()
     alert = payload.get("alert", {})
     state = "RESOLVED" if payload.get("event") == "alert.resolved" else str(alert.get("severity", "")).upper()
-    msg["Subject"] = f"[losswatch] {state}: {alert.get('rule')} on {payload['run']['name']}" \
-        f" ({alert.get('series') or 'run'})"
+    msg["Subject"] = _header_text(f"[losswatch] {state}: {alert.get('rule')} on {payload['run']['name']}"
+                                  f" ({alert.get('series') or 'run'})")
     msg["From"] = settings.smtp_from
     msg["To"] = ", ".join(config["to"])
     msg["X-Losswatch-Delivery"] = str(delivery_id)

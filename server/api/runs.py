@@ -9,9 +9,11 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from losswatch.client import wire
-from losswatch.server.api.deps import API_ERRORS, DB, Caller, JSONBytes, authorize_run
+from losswatch.server.api.deps import API_ERRORS, DB, Caller, JSONBytes, authorize_run, get_db, get_principal
+from losswatch.server.errors import LosswatchError
 from losswatch.server.schemas import (
     RUN_ID_PATTERN,
+    ErrorResponse,
     HeartbeatResult,
     IngestBatch,
     IngestResult,
@@ -64,20 +66,50 @@ def list_series(run_id: str, request: Request, db: DB, caller: Caller) -> Series
     return SeriesList(series=[SeriesRead(key=k, **v.model_dump()) for k, v in run.summary.items()])
 
 
+_BATCH_SCHEMA = {"schema": {"$ref": "#/components/schemas/IngestBatch"}}
+_COLUMNAR_SCHEMA = {"schema": {"type": "string", "format": "binary",
+                               "description": "The binary columnar batch of losswatch.client.wire (docs/api.md)"}}
+_JSON_MEDIA = frozenset({"", wire.JSON_TYPE, "text/plain", "application/x-www-form-urlencoded"})
+
+
+def _columnar(content_type: str | None) -> bool:
+    """True for the binary columnar body, False for JSON; 415 for anything else. A body without a
+    Content-Type, or with curl's default (form-urlencoded), is read as JSON as it always was."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media == wire.COLUMNAR_TYPE:
+        return True
+    if media in _JSON_MEDIA or media.endswith("+json"):
+        return False
+    raise LosswatchError(f"ingest takes {wire.JSON_TYPE} or {wire.COLUMNAR_TYPE}, not {media!r}",
+                         code="unsupported_media_type", status=415,
+                         details=[{"loc": ["header", "content-type"], "msg": "unsupported media type"}])
+
+
+def _ingest(request: Request, run_id: str, body: bytes) -> dict[str, object]:
+    """Everything of one ingest request that needs no event loop, in one worker-thread hop: the
+    caller and the run's access check (401/403/404 first), the encoding (415), parsing, and the
+    transaction."""
+    authorize_run(request, get_principal(request), run_id, "write")
+    columnar = _columnar(request.headers.get("content-type"))
+    return ingest.ingest(get_db(request), run_id, body, columnar=columnar)
+
+
 @router.post(
     "/{run_id}/points",
     response_model=IngestResult,
-    summary="Ingest a columnar batch (many series x many steps)",
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/IngestBatch"}}}}},
+    summary="Ingest a columnar batch (many series x many steps), JSON or binary",
+    responses={415: {"model": ErrorResponse,
+                     "description": "Content-Type neither JSON nor the columnar type (`unsupported_media_type`)"}},
+    openapi_extra={"requestBody": {"required": True, "content": {
+        wire.JSON_TYPE: _BATCH_SCHEMA, wire.COLUMNAR_TYPE: _COLUMNAR_SCHEMA}}},
 )
-async def ingest_points(run_id: str, request: Request, db: DB, caller: Caller) -> JSONBytes:
-    """The body is parsed by hand (orjson + numpy), not by a pydantic model: that is 4x faster
-    for large batches. Its schema is still `IngestBatch`."""
-    await run_in_threadpool(authorize_run, request, caller, run_id, "write")
+async def ingest_points(run_id: str, request: Request) -> JSONBytes:
+    """The body is parsed by hand, not by a pydantic model: JSON (`application/json`, schema
+    `IngestBatch`) with orjson + numpy, or the binary columnar batch
+    (`application/vnd.losswatch.columnar`, layout in docs/api.md) with one `numpy.frombuffer` per
+    column, bit-exact. The Content-Type header chooses; the answer is JSON either way."""
     body = await request.body()
-    result = await run_in_threadpool(ingest.ingest, db, run_id, body)
-    return JSONBytes(result)
+    return JSONBytes(await run_in_threadpool(_ingest, request, run_id, body))
 
 
 @router.get("/{run_id}/points", response_model=RawPoints, summary="Exact raw points of one series, paged")

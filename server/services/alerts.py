@@ -8,19 +8,27 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from losswatch.client import wire
 from losswatch.server.detectors import Finding, RuleConfig
-from losswatch.server.errors import InvalidRequest
+from losswatch.server.errors import InvalidRequest, NotFound, project_not_found, run_not_found
 from losswatch.server.models import Alert, Channel, Outbox, Project, Run
-from losswatch.server.services.projects import now
-from losswatch.server.services.runs import TouchedRun, utc
+from losswatch.server.services.projects import now, utc
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+class RunRow(Protocol):
+    """What alerting reads of a run (``runs.TouchedRun`` has it): runs import this module, not the reverse."""
+
+    id: str
+    name: str
+    project_id: int
+    alert_config: dict[str, Any] | None
 
 
 @dataclass
@@ -170,6 +178,23 @@ def list_alerts(
     return {"alerts": [alert_to_dict(a, name) for a, name in rows], "total": total, "limit": limit, "offset": offset}
 
 
+def acknowledge(session: Session, project_id: int, alert_id: int, by: str, *, acknowledged: bool = True) -> dict[str, Any]:
+    """Mark an alert as seen by someone (or take the mark back). The mark lives in the alert's
+    ``details`` (``acknowledged_at``, ``acknowledged_by``); it changes neither the alert's status nor
+    its deliveries, and a resolution keeps it."""
+    row = session.execute(select(Alert, Run.name).join(Run, Run.id == Alert.run_id)
+                          .where(Alert.id == alert_id, Alert.project_id == project_id)).first()
+    if row is None:
+        raise NotFound(f"no alert {alert_id} in this project", code="alert_not_found")
+    alert, run_name = row
+    details = {k: v for k, v in (alert.details or {}).items() if k not in ("acknowledged_at", "acknowledged_by")}
+    if acknowledged:
+        details["acknowledged_at"] = utc(now()).isoformat()  # type: ignore[union-attr]
+        details["acknowledged_by"] = by
+    alert.details = details  # a new dict: the JSON column sees the change
+    return alert_to_dict(alert, run_name)
+
+
 def check_rule_config(data: dict[str, Any]) -> dict[str, Any]:
     """Validate a rule configuration (as stored per project or per run)."""
     try:
@@ -177,6 +202,34 @@ def check_rule_config(data: dict[str, Any]) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise InvalidRequest(f"invalid alert configuration: {exc}", code="invalid_alert_config") from None
     return data
+
+
+def _configured(session: Session, project_id: int | None, run_id: str | None) -> Project | Run:
+    """The project's row, or the run's when ``run_id`` is given; 404 when it is gone."""
+    row = session.get(Run, run_id) if run_id is not None else session.get(Project, project_id)
+    if row is None:
+        raise run_not_found(str(run_id)) if run_id is not None else project_not_found(f"#{project_id}")
+    return row
+
+
+def rule_config(session: Session, *, project_id: int | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """The stored rule configuration of a project or of a run (what differs from the defaults)."""
+    return dict(_configured(session, project_id, run_id).alert_config or {})
+
+
+def set_rule_config(session: Session, data: dict[str, Any], *, project_id: int | None = None,
+                    run_id: str | None = None) -> dict[str, Any]:
+    """Validate and store the rule configuration of a project or of a run, in the caller's transaction."""
+    _configured(session, project_id, run_id).alert_config = check_rule_config(data)
+    return dict(data)
+
+
+def run_alerts(session: Session, run_id: str, status: str | None = None) -> dict[str, Any]:
+    """A run's alerts (up to 1000), newest first."""
+    project_id = session.scalar(select(Run.project_id).where(Run.id == run_id))
+    if project_id is None:
+        raise run_not_found(run_id)
+    return list_alerts(session, project_id, run_id=run_id, status=status, limit=1000)
 
 
 _PROJECTS = Project.__table__
@@ -196,7 +249,7 @@ def _resolve(project_json: str, run_json: str) -> RuleConfig:
         return resolve_config(project, None)
 
 
-def run_context(session: Session, run: TouchedRun, public_url: str | None = None) -> RunContext:
+def run_context(session: Session, run: RunRow, public_url: str | None = None) -> RunContext:
     """The run's alerting context: its project, and its rule configuration resolved (cached)."""
     name, project_config = session.execute(_PROJECT_CONFIG, {"pid": run.project_id}).one()
     config = _resolve(json.dumps(project_config, sort_keys=True), json.dumps(run.alert_config, sort_keys=True))

@@ -27,20 +27,24 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from pydantic import ValidationError
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from losswatch.client import wire
 from losswatch.server import chunks
 from losswatch.server.chunks import Points
-from losswatch.server.errors import InvalidRequest
+from losswatch.server.errors import InvalidRequest, LosswatchError
 from losswatch.server.models import Alert, Chunk, Project, Run, Series
+from losswatch.server.schemas import RunCreate
+from losswatch.server.services.batches import check_key
 from losswatch.server.services.projects import check_name, get_project, now
 
 FORMAT = "losswatch-archive"
@@ -53,6 +57,11 @@ _ALERT_COLUMNS = ("run_id", "series_key", "rule", "severity", "status", "onset_s
                   "value", "value_special", "reference", "message", "details", "created_at", "updated_at",
                   "resolved_at")
 _TIMES = {"created_at", "started_at", "ended_at", "heartbeat_at", "updated_at", "resolved_at"}
+# A points line holds one stored chunk (about 60 KB); a run line its config (at most the API's body
+# limit). Anything longer is refused while it streams in, before it is held in memory.
+MAX_LINE_BYTES = 32 * 1024 * 1024
+MAX_ARCHIVE_BYTES = 64 * 1024**3  # decompressed
+_READ = 1024 * 1024
 
 
 class ArchiveError(InvalidRequest):
@@ -223,6 +232,42 @@ def _points_of(line: dict[str, Any]) -> Points:
         raise ArchiveError(f"bad points line: {exc}") from None
 
 
+def bounded_lines(f: IO[bytes], *, max_line_bytes: int = MAX_LINE_BYTES,
+                  max_total_bytes: int = MAX_ARCHIVE_BYTES) -> Iterator[bytes]:
+    """The lines of an (already gunzipped) archive stream, each read at most ``max_line_bytes`` at a
+    time: a line longer than that, or more than ``max_total_bytes`` in all, is refused as soon as it
+    is seen, with at most one line's worth of it in memory (a gzip bomb never inflates further)."""
+    total = 0
+    n = 0
+    while True:
+        line = f.readline(max_line_bytes + 1)
+        if not line:
+            return
+        n += 1
+        total += len(line)
+        if len(line) > max_line_bytes:
+            raise ArchiveError(f"line {n} is longer than {max_line_bytes} bytes: not a losswatch archive "
+                               "(or a damaged one); nothing imported", code="archive_too_large")
+        if total > max_total_bytes:
+            raise ArchiveError(f"the archive inflates to more than {max_total_bytes} bytes; nothing imported",
+                               code="archive_too_large")
+        yield line
+
+
+def _check_run(data: dict[str, Any], n: int) -> None:
+    """A run record holds what the API would have accepted: its id, name, group, tags, notes, config
+    and client pass the API's own validators (``RunCreate``)."""
+    fields = {k: data.get(k) for k in ("id", "name", "group", "tags", "config", "notes", "client")}
+    if not isinstance(fields["id"], str):
+        raise ArchiveError(f"line {n}: a run record needs a string id")
+    try:
+        RunCreate.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise ArchiveError(f"line {n}: run {fields['id'][:80]!r}: invalid {where}: {first['msg']}") from None
+
+
 def import_archive(session: Session, lines: Iterable[bytes], *, project: str | None = None) -> dict[str, Any]:
     """Load an archive into the caller's transaction. ``project`` renames the project (default: the
     archive's name). The project may exist already (its rule configuration is then kept); a run id
@@ -246,6 +291,7 @@ def import_archive(session: Session, lines: Iterable[bytes], *, project: str | N
     counts = {"runs": 0, "series": 0, "points": 0, "alerts": 0}
     writer: _SeriesWriter | None = None
     series_ids: dict[tuple[str, str], int] = {}
+    run_ids: set[str] = set()
     ended = None
     for n, raw in enumerate(it, start=2):
         if not raw.strip():
@@ -258,7 +304,7 @@ def import_archive(session: Session, lines: Iterable[bytes], *, project: str | N
         except (ValueError, KeyError, TypeError):
             raise ArchiveError(f"line {n} is not an archive record") from None
         if kind == "points":
-            key = (line["run"], line["key"])
+            key = (line.get("run"), line.get("key"))
             if writer is None or series_ids.get(key) != writer.series_id:
                 raise ArchiveError(f"line {n}: points of {key} outside their series")
             pts = _points_of(line)
@@ -270,6 +316,8 @@ def import_archive(session: Session, lines: Iterable[bytes], *, project: str | N
             writer = None
         if kind == "run":
             data = dict(line["run"])
+            _check_run(data, n)
+            run_ids.add(data["id"])
             if session.get(Run, data["id"]) is not None:
                 raise ArchiveError(f"run {data['id']!r} exists already in this database; delete it first "
                                    "(DELETE /api/v1/runs/{id}?confirm={id}) or import into another database",
@@ -281,6 +329,16 @@ def import_archive(session: Session, lines: Iterable[bytes], *, project: str | N
             counts["runs"] += 1
         elif kind == "series":
             data = dict(line["series"])
+            if line.get("run") not in run_ids:
+                raise ArchiveError(f"line {n}: a series of run {str(line.get('run'))[:80]!r}, which the archive "
+                                   "does not hold before it")
+            try:
+                check_key(data.get("key"))
+            except LosswatchError as exc:
+                raise ArchiveError(f"line {n}: {exc.message}") from None
+            if data.get("kind") not in wire.SERIES_KINDS:
+                raise ArchiveError(f"line {n}: series kind {str(data.get('kind'))[:40]!r} is not one of "
+                                   f"{', '.join(wire.SERIES_KINDS)}")
             for f in ("last_value", "min_value", "max_value"):
                 data[f] = _unfloat(data[f])
             sid = session.execute(insert(Series).values(run_id=line["run"], **data).returning(Series.id)).scalar_one()
@@ -289,6 +347,9 @@ def import_archive(session: Session, lines: Iterable[bytes], *, project: str | N
             counts["series"] += 1
         elif kind == "alert":
             data = dict(line["alert"])
+            if data.get("run_id") not in run_ids:
+                raise ArchiveError(f"line {n}: an alert of run {str(data.get('run_id'))[:80]!r}, which the "
+                                   "archive does not hold before it")
             for t in _TIMES & set(data):
                 data[t] = _parse_time(data[t])
             for f in ("value", "reference"):
@@ -308,6 +369,11 @@ def import_archive(session: Session, lines: Iterable[bytes], *, project: str | N
     return {"project": name, **counts}
 
 
-def read_archive(session: Session, path: str | Path, *, project: str | None = None) -> dict[str, Any]:
+def read_archive(session: Session, path: str | Path, *, project: str | None = None,
+                 max_line_bytes: int = MAX_LINE_BYTES, max_total_bytes: int = MAX_ARCHIVE_BYTES) -> dict[str, Any]:
     with open_archive(path) as f:
-        return import_archive(session, f, project=project)
+        try:
+            lines = bounded_lines(f, max_line_bytes=max_line_bytes, max_total_bytes=max_total_bytes)
+            return import_archive(session, lines, project=project)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise ArchiveError(f"the archive is not a complete gzip file ({exc}); nothing imported") from None

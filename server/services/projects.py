@@ -20,9 +20,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _utc(dt: datetime) -> datetime:
+def utc(dt: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; every stored time is UTC."""
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt
 
 
 def check_name(name: str) -> str:
@@ -40,6 +42,14 @@ def get_project(session: Session, name: str) -> Project:
     if project is None:
         raise project_not_found(name)
     return project
+
+
+def project_key(session: Session, name: str) -> tuple[int, str]:
+    """The project's (id, name), without loading the row; 404 when there is none."""
+    row = session.execute(select(Project.id, Project.name).where(Project.name == name)).first()
+    if row is None:
+        raise project_not_found(name)
+    return row[0], row[1]
 
 
 def get_or_create_project(session: Session, name: str) -> Project:
@@ -68,5 +78,5 @@ def list_projects(session: Session, only: int | None = None) -> list[ProjectRead
     if only is not None:
         stmt = stmt.where(Project.id == only)
     return [
-        ProjectRead(name=p.name, created_at=_utc(p.created_at), runs=n) for p, n in session.execute(stmt)
+        ProjectRead(name=p.name, created_at=utc(p.created_at), runs=n) for p, n in session.execute(stmt)
     ]

@@ -134,7 +134,7 @@ class FakeServer:
             with self.lock:
                 if run_id not in self.runs:
                     return 404, {}, {"error": {"code": "run_not_found", "message": f"no run {run_id!r}"}}
-                data = json.loads(body)
+                data = wire.loads_batch(body)  # JSON, or the client's binary columnar batch
                 if what == "finish":
                     self.runs[run_id]["status"] = data["status"]
                     return 200, {}, self.runs[run_id]

@@ -6,8 +6,9 @@ import pytest
 from _server import FakeServer
 
 import losswatch
+from tests.conftest import need_module
 
-torch = pytest.importorskip("torch")
+torch = need_module("torch")
 pytestmark = pytest.mark.gpu
 
 

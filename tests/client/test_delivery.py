@@ -10,7 +10,7 @@ import pytest
 from _server import FakeServer, free_port
 
 import losswatch
-from losswatch.client import spool
+from losswatch.client import spool, wire
 from losswatch.client.errors import LosswatchWarning, ServerError, TransportError
 
 
@@ -176,13 +176,13 @@ def test_401_warns_once_training_continues_and_spools(server: FakeServer, spool_
     assert "401 unauthorized: bad token" in text and "LOSSWATCH_TOKEN" in text and "losswatch sync" in text
     assert len(server.requests) == 1  # refused once, then nothing more is sent
     records = spool_records(spool_dir / f"{run.id}.jsonl")
-    points = sum(len(s["steps"]) for r in records if r["t"] == "points" for s in r["body"]["series"])
+    points = sum(wire.count_points(spool.points_body(r)) for r in records if r["t"] == "points")
     assert points == 200 and records[-1]["t"] == "finish"
 
 
 def test_422_drops_that_batch_only_with_the_servers_message(server: FakeServer, spool_dir, fast) -> None:
     def responder(method: str, path: str, body: bytes):
-        if path.endswith("/points") and b'"poison"' in body:
+        if path.endswith("/points") and b"poison" in body:  # the key, in JSON or columnar bodies
             return 422, {}, {"error": {"code": "invalid_request", "message": "step out of range"}}
         return None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 import subprocess
@@ -13,7 +12,9 @@ import pytest
 from _server import FakeServer
 
 import losswatch
+from losswatch.client import wire
 from losswatch.client.errors import LosswatchWarning
+from tests.conftest import need_module
 
 
 def bits(x: float) -> bytes:
@@ -36,7 +37,7 @@ def test_values_arrive_bit_exact_in_batches_on_one_connection(server: FakeServer
     box = server.series(run.id, "train/loss/box")
     assert all(bits(box[s]) == bits(-expected[s]) for s in range(40))
     sizes = [
-        sum(len(s["steps"]) for s in json.loads(b)["series"])
+        sum(len(s["steps"]) for s in wire.loads_batch(b)["series"])
         for _, p, _, b in server.requests
         if p.endswith("/points")
     ]
@@ -62,7 +63,7 @@ def test_steps_auto_increment_and_eval_uses_last_step(server: FakeServer, spool_
     assert server.series(run.id, "val/acc") == {11: 0.9, 100: 0.95}
     kinds = {k: v for (r, k), v in server.kinds.items() if r == run.id}
     assert kinds == {
-        "a": "other", "val/acc": "metric", "val/loss": "loss", "val/box_loss": "loss_component",
+        "a": "other", "val/acc": "metric", "val/loss": "loss", "val/box_loss": "loss",  # YOLO's val losses
         "accuracy": "metric",
     }  # fmt: skip
 
@@ -81,7 +82,7 @@ def test_kinds_given_by_the_caller_win(server: FakeServer, spool_dir, fast) -> N
 
 
 def test_numpy_and_python_number_types(server: FakeServer, spool_dir, fast) -> None:
-    np = pytest.importorskip("numpy")
+    np = need_module("numpy")
     run = losswatch.init(project="p", url=server.url, spool_dir=spool_dir, **fast)
     run.log({"f32": np.float32(0.1), "i64": np.int64(7), "arr": np.array(2.5), "one": np.array([1.5]),
              "b": True, "i": 3, "f16": np.float16(-math.inf)})  # fmt: skip
@@ -239,7 +240,7 @@ def test_heartbeats_are_sent(server: FakeServer, spool_dir) -> None:
 def test_cpu_tensors_are_not_read_on_the_training_thread(
     server: FakeServer, spool_dir, fast, monkeypatch
 ) -> None:
-    torch = pytest.importorskip("torch")
+    torch = need_module("torch")
     main = threading.get_ident()
     calls = []
     for name in ("item", "tolist", "__float__", "numpy", "cpu"):
@@ -278,7 +279,7 @@ def test_cpu_tensors_are_not_read_on_the_training_thread(
 
 
 def test_tensors_of_several_elements_are_dropped_with_a_warning(server: FakeServer, spool_dir, fast) -> None:
-    torch = pytest.importorskip("torch")
+    torch = need_module("torch")
     run = losswatch.init(project="p", url=server.url, spool_dir=spool_dir, **fast)
     run.log({"vec": torch.ones(3), "ok": torch.tensor([2.0])})
     with pytest.warns(LosswatchWarning, match="not numbers"):

@@ -175,7 +175,7 @@ class Proxy:
 def batch_points(body: bytes) -> dict[tuple[str, int], float]:
     """{(key, step): value} of one ingest body."""
     out: dict[tuple[str, int], float] = {}
-    for s in json.loads(body)["series"]:
+    for s in wire.loads_batch(body)["series"]:
         for step, value in zip(s["steps"], s["values"], strict=True):
             out[(s["key"], step)] = wire.decode_value(value)
     return out

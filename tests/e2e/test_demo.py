@@ -7,12 +7,12 @@ import subprocess
 
 import pytest
 
-from tests.conftest import BIN
+from tests.conftest import BIN, need_module
 
 
 @pytest.mark.slow
 def test_demo_trains_three_runs_and_the_diverging_one_is_caught(sqlite_url, server_factory, api) -> None:
-    pytest.importorskip("torch")
+    need_module("torch")
     server = server_factory(sqlite_url).start()
     out = subprocess.run([str(BIN / "losswatch"), "demo", "--url", server.url, "--steps", "300"],
                          capture_output=True, text=True, timeout=180)

@@ -9,9 +9,10 @@ import time
 import pytest
 
 import losswatch
+from tests.conftest import need_module
 from tests.e2e._support import FAST
 
-torch = pytest.importorskip("torch")
+torch = need_module("torch")
 
 
 def diverging_steps(run: losswatch.Run, max_steps: int = 20_000):  # type: ignore[no-untyped-def]

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 import losswatch
+from tests.conftest import need_module
 from tests.e2e._support import FAST, same_bits
 
-torch = pytest.importorskip("torch")
+torch = need_module("torch")
 
 
 class Recorder:

@@ -11,10 +11,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.conftest import need_module
 
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("accelerate")
+transformers = need_module("transformers")
+need_module("accelerate")
 import torch  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments  # noqa: E402
 
@@ -80,6 +80,7 @@ def test_every_step_and_evaluation_reach_the_server_as_the_trainer_logged_them(s
         assert run["summary"][key]["kind"] == kind
     evals = [h for h in history if "eval_loss" in h]
     assert [h["step"] for h in evals] == [6, 12]
+    assert run["summary"]["eval_loss"]["kind"] == "loss"  # an evaluation loss is a loss (wire.guess_kind)
     for key in ("eval_loss", "eval_runtime"):
         assert read_series(server.url, run["id"], key) == {h["step"]: h[key] for h in evals}, key
     summary = next(h for h in history if "train_runtime" in h)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BIN
+from tests.conftest import BIN, need_module
 from tests.integrations.conftest import list_runs, read_run, read_series, read_walls
 
 
@@ -28,8 +28,8 @@ def _same(a: float, b: float) -> bool:
 
 
 def test_import_tensorboard_event_files(server: Any, tmp_path: Path) -> None:
-    pytest.importorskip("tensorboard")
-    torch = pytest.importorskip("torch")
+    need_module("tensorboard")
+    torch = need_module("torch")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
 
@@ -74,7 +74,7 @@ def test_import_tensorboard_event_files(server: Any, tmp_path: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")  # mlflow's own, on import
 def test_import_mlflow_store(server: Any, tmp_path: Path) -> None:
-    mlflow = pytest.importorskip("mlflow")
+    mlflow = need_module("mlflow")
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -116,3 +116,28 @@ def test_import_mlflow_store(server: Any, tmp_path: Path) -> None:
     assert [r["name"] for r in list_runs(server.url, "merged")] == ["b"]
     bad = _import("mlflow", uri, "--url", server.url, "--experiment", "nope")
     assert bad.returncode == 1 and "no such MLflow experiment" in bad.stderr
+
+
+def test_add_scalars_groups_become_series_of_the_parent_run(server: Any, tmp_path: Path) -> None:
+    need_module("tensorboard")
+    need_module("torch")
+    from torch.utils.tensorboard import SummaryWriter
+
+    logdir = tmp_path / "logs"
+    with SummaryWriter(str(logdir / "yolo")) as w:
+        for step in range(50):
+            w.add_scalar("train/loss", 3.0 / (step + 1), step)
+            w.add_scalars("train/loss", {"box": 1.0 / (step + 1), "cls": 2.0 / (step + 1)}, step)
+            w.add_scalars("val", {"top1": step / 100}, step)
+    assert len([p for p in (logdir / "yolo").iterdir() if p.is_dir()]) == 3  # TensorBoard's sub-runs
+
+    done = _import("tensorboard", str(logdir), "--url", server.url, "--project", "groups")
+    assert done.returncode == 0, done.stderr
+    assert "imported 1 run(s), 200 points" in done.stderr
+    (run,) = list_runs(server.url, "groups")
+    assert run["name"] == "yolo"
+    kinds = {k: v["kind"] for k, v in read_run(server.url, run["id"])["summary"].items()}
+    assert kinds == {"train/loss": "loss", "train/loss/box": "loss_component", "train/loss/cls": "loss_component",
+                     "val/top1": "metric"}
+    assert read_series(server.url, run["id"], "train/loss/cls") == {s: pytest.approx(2.0 / (s + 1)) for s in range(50)}
+    assert read_series(server.url, run["id"], "val/top1")[49] == pytest.approx(0.49)

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-L = pytest.importorskip("lightning")
+from tests.conftest import need_module
+
+L = need_module("lightning")
 import torch  # noqa: E402
 from lightning.pytorch.loggers.logger import Logger  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
@@ -154,3 +156,89 @@ def test_the_callback_without_a_losswatch_logger_says_what_to_do(tmp_path: Path)
     trainer = _trainer(tmp_path, [Recorder()], max_epochs=1)
     with pytest.raises(RuntimeError, match="LosswatchLogger"):
         trainer.fit(Tiny(), _data(16))
+
+
+class WithComponents(L.LightningModule):
+    """Two loss terms logged with on_step (seen by loggers only every log_every_n_steps), and the
+    gradient norm before clipping, measured by the module itself (a sync is fine in a test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(4, 1)
+        self.terms: list[tuple[float, float]] = []
+        self.norms: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        out = self.net(x)
+        ce = torch.nn.functional.mse_loss(out, y)
+        l2 = 1e-3 * sum((p**2).sum() for p in self.parameters())
+        self.terms.append((ce.item(), l2.item()))
+        self.log("train_ce", ce, on_step=True, on_epoch=False)
+        self.log("train_l2", l2, on_step=True, on_epoch=False)
+        return ce + l2
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_every_component_every_batch_and_the_gradient_norm_before_clipping(server: Any, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = WithComponents()
+    logger = LosswatchLogger(project="lit", url=server.url, flush_interval=0.2)
+    trainer = _trainer(tmp_path, [logger], max_epochs=2, log_every_n_steps=50, gradient_clip_val=0.01)
+    trainer.fit(model, _data())
+    rid = logger.version
+    batches = 2 * 8
+    assert len(model.terms) == batches == len(model.norms)
+    ce = read_series(server.url, rid, "train_ce")
+    l2 = read_series(server.url, rid, "train_l2")
+    assert ce == {i: t[0] for i, t in enumerate(model.terms)}  # every batch, exactly (float32 -> float64)
+    assert l2 == {i: t[1] for i, t in enumerate(model.terms)}
+    norm = read_series(server.url, rid, "grad_norm")
+    assert sorted(norm) == list(range(batches))
+    for i, expected in enumerate(model.norms):
+        assert math.isclose(norm[i], expected, rel_tol=1e-5), (i, norm[i], expected)
+    assert max(norm.values()) > 0.01  # measured before clipping to 0.01
+    summary = read_run(server.url, rid)["summary"]
+    assert summary["train_ce"]["kind"] == "loss_component" and summary["train_l2"]["kind"] == "loss_component"
+    assert summary["grad_norm"]["kind"] == "grad_norm" and summary["train/loss"]["kind"] == "loss"
+
+
+@pytest.mark.filterwarnings("ignore::lightning_fabric.utilities.warnings.PossibleUserWarning")
+def test_the_pytorch_lightning_package_name(server: Any, tmp_path: Path) -> None:
+    import pytorch_lightning as pl  # installed with lightning (its dependency) by the dev extra
+
+    from losswatch.integrations import pytorch_lightning as lw_pl
+
+    class Small(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(4, 1)
+            self.losses: list[float] = []
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.net(x), y)
+            self.losses.append(loss.item())
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    torch.manual_seed(0)
+    model = Small()
+    logger = lw_pl.LosswatchLogger(project="pl", url=server.url, flush_interval=0.2)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=logger,
+                         callbacks=[lw_pl.LosswatchCallback()], enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, _data())
+    assert isinstance(logger, pl.loggers.Logger)
+    run = read_run(server.url, logger.version)
+    assert run["status"] == "finished"
+    assert read_series(server.url, run["id"], "train/loss") == dict(enumerate(model.losses))
+    assert len(read_series(server.url, run["id"], "grad_norm")) == 8

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("tensorboard")
+from tests.conftest import need_module
+
+torch = need_module("torch")
+need_module("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 import losswatch  # noqa: E402

@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.conftest import need_module
+
+torch = need_module("torch")
 F = torch.nn.functional
 
 from losswatch.client.losses import (  # noqa: E402

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.conftest import need_module
+
+torch = need_module("torch")
 nn = torch.nn
 
 from losswatch.client.torch_helpers import (  # noqa: E402
