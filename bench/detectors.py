@@ -98,10 +98,10 @@ def measure_ingest_cost(quick: bool = False) -> dict[str, Any]:
     """Points per second through the real ingest use case (``services.ingest.ingest``: parse, record,
     detect, alerts) on SQLite, with the detectors and with ``monitor.evaluate_batch`` replaced by a
     no-op; batches of 10,000 points (1,250 steps of the 8 series of MIX). Rounds alternate."""
-    from losswatch.server.db import Database, upgrade
-    from losswatch.server.schemas import RunCreate
+    from losswatch.server.api.schemas import RunCreate
     from losswatch.server.services import ingest, monitor, runs
     from losswatch.server.settings import Settings
+    from losswatch.server.storage.db import Database, upgrade
 
     rounds, per_round = (3, 6) if quick else (7, 12)
     steps_per_batch = 10_000 // len(MIX)

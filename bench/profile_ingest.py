@@ -9,7 +9,7 @@ columnar body; ``--json`` for JSON) over one keep-alive connection. The profiles
 own time of every function is put in one of these buckets, by the file it lives in:
 
 - parse:  ``server/services/batches.py``, ``client/wire.py``, orjson
-- store:  ``server/services/points.py``, ``server/chunks.py``, SQLAlchemy, sqlite3, ``server/db.py``
+- store:  ``server/services/points.py``, ``server/storage/chunks.py``, SQLAlchemy, sqlite3, ``server/storage/db.py``
 - detect: ``server/detectors/``, ``server/services/monitor.py``
 - alerts: ``server/services/alerts.py``, ``server/services/runs.py`` (run row, monitor state)
 - HTTP glue: uvicorn, h11/httptools, starlette, fastapi, anyio, asyncio, the route and auth
@@ -37,7 +37,7 @@ sys.path.insert(0, str(BENCH))
 
 BUCKETS = (
     ("parse", ("server/services/batches.py", "client/wire.py", "orjson")),
-    ("store", ("server/services/points.py", "server/chunks.py", "sqlalchemy", "sqlite3", "server/db.py")),
+    ("store", ("server/services/points.py", "server/storage/chunks.py", "sqlalchemy", "sqlite3", "server/storage/db.py")),
     ("detect", ("server/detectors/", "server/services/monitor.py")),
     ("alerts", ("server/services/alerts.py", "server/services/runs.py")),
     ("HTTP glue", ("uvicorn", "h11", "httptools", "starlette", "fastapi", "anyio", "asyncio", "server/api/",

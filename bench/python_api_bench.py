@@ -85,10 +85,10 @@ def _fill(path: Path, n_runs: int, n_points: int) -> float:
     """The runs and the long series, written with the server's own services (create_run, ingest: the
     code the HTTP routes call) in this process, which is much quicker than n_runs round trips."""
     from losswatch.client import wire
-    from losswatch.server.db import Database, upgrade
-    from losswatch.server.schemas import RunCreate
+    from losswatch.server.api.schemas import RunCreate
     from losswatch.server.services import ingest, runs
     from losswatch.server.settings import Settings
+    from losswatch.server.storage.db import Database, upgrade
 
     t0 = time.perf_counter()
     url = f"sqlite:///{path}"

@@ -94,9 +94,9 @@ def _drop_pg(url: str) -> None:
 
 def _token(db_url: str) -> str:
     from losswatch.server.app import prepare_database
-    from losswatch.server.db import Database
     from losswatch.server.services.tokens import create_token
     from losswatch.server.settings import Settings
+    from losswatch.server.storage.db import Database
 
     settings = Settings(database_url=db_url)
     db = Database(settings)
@@ -199,10 +199,10 @@ def _seed_runs(db_url: str, project: str, n: int) -> None:
 
     from sqlalchemy import text
 
-    from losswatch.server.db import Database
-    from losswatch.server.models import Run, Series
     from losswatch.server.services.projects import get_or_create_project
     from losswatch.server.settings import Settings
+    from losswatch.server.storage.db import Database
+    from losswatch.server.storage.models import Run, Series
 
     rng = random.Random(1)
     db = Database(Settings(database_url=db_url))

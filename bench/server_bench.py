@@ -201,10 +201,10 @@ def raw_pg(n_executemany: int, n_copy: int) -> dict[str, float]:
 def in_process_storage(work: Path, bodies: list[bytes], detectors: bool) -> float:
     """parse + record (+ detectors) without HTTP, on SQLite: the storage layer's own limit."""
     from losswatch.client import wire
-    from losswatch.server.db import Database, upgrade
-    from losswatch.server.schemas import RunCreate
+    from losswatch.server.api.schemas import RunCreate
     from losswatch.server.services import alerts, batches, ingest, points, runs
     from losswatch.server.settings import Settings
+    from losswatch.server.storage.db import Database, upgrade
 
     columnar = wire.is_columnar(bodies[0])
     parse = batches.parse_columnar if columnar else batches.parse_batch
@@ -234,16 +234,16 @@ def in_process_storage(work: Path, bodies: list[bytes], detectors: bool) -> floa
 
 
 def store_write_paths(work: Path, bodies: list[bytes], rounds: int = 3) -> dict[str, float]:
-    """Before/after of the chunk-row writes (``losswatch.server.db.write_chunks``) in this run: the
+    """Before/after of the chunk-row writes (``losswatch.server.storage.db.write_chunks``) in this run: the
     store alone (parse, detectors and HTTP left out), the portable SQLAlchemy statements
     (``FAST_CHUNK_WRITES = False``) against binary COPY of new chunk rows on PostgreSQL and
     plain-tuple executemany on SQLite; each the median of ``rounds`` alternating rounds, each round a
     new run. The stored points are read back and checked bit for bit."""
     from losswatch.server import db as dbmod
-    from losswatch.server.db import Database, upgrade
-    from losswatch.server.schemas import RunCreate
+    from losswatch.server.api.schemas import RunCreate
     from losswatch.server.services import batches, points, runs
     from losswatch.server.settings import Settings
+    from losswatch.server.storage.db import Database, upgrade
 
     parsed = [batches.parse_columnar(b) for b in bodies]
     expected = np.concatenate([b[0].points.values for b in parsed])
@@ -356,11 +356,11 @@ def measure_ingest(max_seconds: float = 180.0, work_dir: Path | None = None, qui
 
 def seed_sqlite(path: Path, runs_: int, keys: list[str], points_per_series: int) -> list[str]:
     """Seed through the storage layer in process (parse is skipped: the data is made here)."""
-    from losswatch.server import chunks
-    from losswatch.server.db import Database, upgrade
-    from losswatch.server.schemas import RunCreate
+    from losswatch.server.api.schemas import RunCreate
     from losswatch.server.services import points, runs
     from losswatch.server.settings import Settings
+    from losswatch.server.storage import chunks
+    from losswatch.server.storage.db import Database, upgrade
 
     url = f"sqlite:///{path}"
     upgrade(url)
@@ -391,9 +391,9 @@ def seed_sqlite(path: Path, runs_: int, keys: list[str], points_per_series: int)
 def measure_query(max_seconds: float = 180.0, work_dir: Path | None = None, quick: bool = False) -> dict[str, Any]:
     import httpx
 
-    from losswatch.server.db import Database
     from losswatch.server.services import query
     from losswatch.server.settings import Settings
+    from losswatch.server.storage.db import Database
 
     work = Path(work_dir or tempfile.mkdtemp()) / "query"
     shutil.rmtree(work, ignore_errors=True)

@@ -95,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"serving on http://{settings.host}:{settings.port}", file=sys.stderr)
     try:
         app = create_app(settings)
-        from losswatch.server.db import Database, prepare_database
+        from losswatch.server.storage.db import Database, prepare_database
 
         db = Database(settings)  # fail early and clearly, before uvicorn starts
         try:
@@ -140,7 +140,7 @@ class RedactTokens:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     _need_server()
-    from losswatch.server.db import upgrade
+    from losswatch.server.storage.db import upgrade
 
     settings = _settings(args)
     upgrade(settings.database_url)
@@ -169,7 +169,7 @@ def _in_transaction(args: argparse.Namespace, work: Callable[[Any], Any], *, wri
     """``work(session)`` in one transaction on the database of ``args``, migrated to head first; any
     failure ends the command with its message (``failed`` formats it). A CLI boundary."""
     _need_server()
-    from losswatch.server.db import Database, prepare_database
+    from losswatch.server.storage.db import Database, prepare_database
 
     settings = _settings(args)
     db = Database(settings)
@@ -237,8 +237,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     _need_server()
     if args.project:
         return _export_project(args)
-    from losswatch.server.db import Database
     from losswatch.server.services import points, runs
+    from losswatch.server.storage.db import Database
 
     settings = _settings(args)
     db = Database(settings)
@@ -258,8 +258,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_project(args: argparse.Namespace) -> int:
-    from losswatch.server.db import Database
     from losswatch.server.services import archive
+    from losswatch.server.storage.db import Database
 
     if not args.out:
         _die("export --project needs --out FILE (FILE.gz for gzip)")

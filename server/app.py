@@ -17,10 +17,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from losswatch import __version__
 from losswatch.dashboard import views as dashboard
 from losswatch.server.api import admin, alerts, mlflow, openapi, projects, query, runs, tokens
-from losswatch.server.db import Database, prepare_database
 from losswatch.server.errors import LosswatchError
 from losswatch.server.services.tokens import AuthCache
 from losswatch.server.settings import Settings
+from losswatch.server.storage.db import Database, prepare_database
 
 log = logging.getLogger("losswatch.server")
 

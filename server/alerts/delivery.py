@@ -20,10 +20,10 @@ import httpx
 from sqlalchemy import or_, select, update
 
 from losswatch.server.alerts.senders import DeliveryError, send_email, send_slack, send_webhook
-from losswatch.server.db import Database
-from losswatch.server.models import Channel, DeliveryAttempt, Outbox
 from losswatch.server.services.channels import private_address_reason
 from losswatch.server.services.projects import now
+from losswatch.server.storage.db import Database
+from losswatch.server.storage.models import Channel, DeliveryAttempt, Outbox
 
 log = logging.getLogger("losswatch.delivery")
 

@@ -15,7 +15,7 @@ from losswatch.server.api.deps import (
     WriteProject,
     authorize_run,
 )
-from losswatch.server.schemas import (
+from losswatch.server.api.schemas import (
     Alert,
     AlertConfig,
     AlertList,

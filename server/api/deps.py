@@ -13,11 +13,11 @@ from fastapi import Depends, Request
 from starlette.responses import Response
 
 from losswatch.client import wire
-from losswatch.server.db import Database
+from losswatch.server.api.schemas import ErrorResponse
 from losswatch.server.errors import Forbidden, LosswatchError, Unauthorized, project_not_found, run_not_found
-from losswatch.server.schemas import ErrorResponse
 from losswatch.server.services import projects, runs
 from losswatch.server.services.tokens import LOCAL, AuthCache, Principal, authenticate
+from losswatch.server.storage.db import Database
 
 TOKEN_COOKIE = wire.TOKEN_COOKIE
 

@@ -24,12 +24,12 @@ from losswatch.client import wire
 from losswatch.server.api import mlflow_filters as mf
 from losswatch.server.api import mlflow_protocol as mp
 from losswatch.server.api.deps import DB, Caller, JSONBytes, authorize_run, check_access, error_responses
-from losswatch.server.db import Database
+from losswatch.server.api.schemas import JsonPayload
 from losswatch.server.errors import LosswatchError
-from losswatch.server.schemas import JsonPayload
 from losswatch.server.services import mlflow_compat as mc
 from losswatch.server.services import mlflow_search as ms
 from losswatch.server.services.tokens import Principal
+from losswatch.server.storage.db import Database
 
 log = logging.getLogger("losswatch.server")
 

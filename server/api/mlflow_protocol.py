@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from losswatch.client import wire
+from losswatch.server.api.schemas import RUN_ID_PATTERN
 from losswatch.server.errors import LosswatchError
-from losswatch.server.schemas import RUN_ID_PATTERN
 from losswatch.server.services.mlflow_compat import RUN_NAME_TAG, Metric
 
 # MLflow's documented limits (mlflow/utils/validation.py)

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from starlette.responses import HTMLResponse, RedirectResponse
 
-from losswatch.server import schemas
+from losswatch.server.api import schemas
 
 _REF = "#/components/schemas/"
 _VENDOR = "/static/vendor/swagger-ui"
@@ -57,7 +57,7 @@ def _refs(node: Any) -> Iterator[str]:
 
 
 def complete_components(spec: dict[str, Any]) -> dict[str, Any]:
-    """Add to ``spec`` every schema of :mod:`losswatch.server.schemas` that it refers to but lacks
+    """Add to ``spec`` every schema of :mod:`losswatch.server.api.schemas` that it refers to but lacks
     (a route that parses its body by hand declares it with ``openapi_extra`` and a ``$ref``)."""
     components = spec.setdefault("components", {}).setdefault("schemas", {})
     while missing := sorted(set(_refs(spec)) - set(components)):
@@ -65,7 +65,7 @@ def complete_components(spec: dict[str, Any]) -> dict[str, Any]:
             model = getattr(schemas, name, None)
             if not (isinstance(model, type) and issubclass(model, BaseModel)):
                 raise RuntimeError(f"the OpenAPI document refers to {_REF}{name}, which is no schema of "
-                                   "losswatch.server.schemas")
+                                   "losswatch.server.api.schemas")
             schema = model.model_json_schema(ref_template=_REF + "{model}", mode="validation")
             for sub, definition in schema.pop("$defs", {}).items():
                 components.setdefault(sub, definition)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from losswatch.server.api.deps import API_ERRORS, DB, Caller, JSONBytes, ReadProject, check_access
-from losswatch.server.schemas import (
+from losswatch.server.api.schemas import (
     ProjectList,
     ProjectRead,
     RunCreate,

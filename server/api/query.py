@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 
 from losswatch.client import wire
 from losswatch.server.api.deps import API_ERRORS, DB, Caller, JSONBytes, authorize_run
-from losswatch.server.schemas import QueryResult
+from losswatch.server.api.schemas import QueryResult
 from losswatch.server.services import query as query_service
 
 router = APIRouter(prefix="/api/v1", tags=["query"], responses=API_ERRORS)

@@ -10,8 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from losswatch.client import wire
 from losswatch.server.api.deps import API_ERRORS, DB, Caller, JSONBytes, authorize_run, get_db, get_principal
-from losswatch.server.errors import LosswatchError
-from losswatch.server.schemas import (
+from losswatch.server.api.schemas import (
     RUN_ID_PATTERN,
     ErrorResponse,
     HeartbeatResult,
@@ -24,6 +23,7 @@ from losswatch.server.schemas import (
     SeriesList,
     SeriesRead,
 )
+from losswatch.server.errors import LosswatchError
 from losswatch.server.services import ingest, points, runs
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"], responses=API_ERRORS)

@@ -13,7 +13,7 @@ import logging
 from fastapi import APIRouter, Path, Request
 
 from losswatch.server.api.deps import API_ERRORS, DB, AdminProject, Caller
-from losswatch.server.schemas import TokenCreate, TokenCreated, TokenList, TokenRead
+from losswatch.server.api.schemas import TokenCreate, TokenCreated, TokenList, TokenRead
 from losswatch.server.services import tokens
 
 audit = logging.getLogger("losswatch.audit")

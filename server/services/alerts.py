@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 from losswatch.client import wire
 from losswatch.server.detectors import Finding, RuleConfig
 from losswatch.server.errors import InvalidRequest, NotFound, project_not_found, run_not_found
-from losswatch.server.models import Alert, Channel, Outbox, Project, Run
 from losswatch.server.services.projects import now, utc
+from losswatch.server.storage.models import Alert, Channel, Outbox, Project, Run
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 

@@ -39,13 +39,13 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from losswatch.client import wire
-from losswatch.server import chunks
-from losswatch.server.chunks import Points
+from losswatch.server.api.schemas import RunCreate
 from losswatch.server.errors import InvalidRequest, LosswatchError
-from losswatch.server.models import Alert, Chunk, Project, Run, Series
-from losswatch.server.schemas import RunCreate
 from losswatch.server.services.batches import check_key
 from losswatch.server.services.projects import check_name, get_project, now
+from losswatch.server.storage import chunks
+from losswatch.server.storage.chunks import Points
+from losswatch.server.storage.models import Alert, Chunk, Project, Run, Series
 
 FORMAT = "losswatch-archive"
 VERSION = 1

@@ -16,9 +16,9 @@ import numpy as np
 import orjson
 
 from losswatch.client import wire
-from losswatch.server import chunks
-from losswatch.server.chunks import Points
 from losswatch.server.errors import InvalidRequest
+from losswatch.server.storage import chunks
+from losswatch.server.storage.chunks import Points
 
 _KINDS = frozenset(wire.SERIES_KINDS)
 _MAX_WALL_S = 1e11  # year 5138; anything above is a unit mistake (ms or ns sent as seconds)

@@ -12,8 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from losswatch.server.errors import InvalidRequest, NotFound
-from losswatch.server.models import Channel, DeliveryAttempt, Outbox
 from losswatch.server.services.projects import now
+from losswatch.server.storage.models import Channel, DeliveryAttempt, Outbox
 
 _EMAIL = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+$")
 _MAX_URL = 2048

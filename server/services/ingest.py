@@ -8,11 +8,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from losswatch.server.db import Database
-from losswatch.server.schemas import HeartbeatResult
+from losswatch.server.api.schemas import HeartbeatResult
 from losswatch.server.services import alerts, batches, monitor, points
 from losswatch.server.services.batches import BatchLimits, SeriesBatch
 from losswatch.server.services.runs import save_monitor_state, touch_run
+from losswatch.server.storage.db import Database
 
 
 def ingest(db: Database, run_id: str, body: bytes, *, columnar: bool = False) -> dict[str, Any]:

@@ -32,13 +32,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from losswatch.client import wire
-from losswatch.server import chunks
-from losswatch.server.db import Database
+from losswatch.server.api.schemas import RunCreate, RunRead
 from losswatch.server.errors import Conflict, InvalidRequest, LosswatchError, NotFound
-from losswatch.server.models import Project, Run
-from losswatch.server.schemas import RunCreate, RunRead
 from losswatch.server.services import ingest, points, projects, runs
 from losswatch.server.services.batches import BatchLimits, SeriesBatch, check_key
+from losswatch.server.storage import chunks
+from losswatch.server.storage.db import Database
+from losswatch.server.storage.models import Project, Run
 
 DEFAULT_EXPERIMENT_ID = "0"
 DEFAULT_EXPERIMENT_NAME = "Default"

@@ -21,10 +21,10 @@ from sqlalchemy.orm import Session
 
 from losswatch.client import wire
 from losswatch.server.errors import LosswatchError
-from losswatch.server.models import Project, Run, Series
 from losswatch.server.services import points
 from losswatch.server.services.mlflow_compat import RUN_NAME_TAG, experiment_dict, run_info
 from losswatch.server.services.projects import utc
+from losswatch.server.storage.models import Project, Run, Series
 
 ATTRIBUTES = ("run_id", "run_name", "status", "start_time", "end_time", "user_id", "artifact_uri",
               "experiment_id", "lifecycle_stage")

@@ -9,11 +9,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from losswatch.server.detectors import Finding, check_stalled, evaluate_run, record_arrival
-from losswatch.server.models import Run
 from losswatch.server.services.alerts import RunContext, apply_findings, run_context
 from losswatch.server.services.batches import SeriesBatch
 from losswatch.server.services.points import SeriesRow
 from losswatch.server.services.runs import TouchedRun, save_monitor_state
+from losswatch.server.storage.models import Run
 
 
 def evaluate_batch(run: RunContext, touched: TouchedRun, batch: list[SeriesBatch],

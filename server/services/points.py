@@ -21,13 +21,13 @@ from sqlalchemy import bindparam, func, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from losswatch.client import wire
-from losswatch.server import chunks
-from losswatch.server.chunks import Points
-from losswatch.server.db import write_chunks
 from losswatch.server.errors import series_not_found
-from losswatch.server.models import Chunk, Series
 from losswatch.server.services.batches import SeriesBatch, parse_batch
 from losswatch.server.services.runs import get_run
+from losswatch.server.storage import chunks
+from losswatch.server.storage.chunks import Points
+from losswatch.server.storage.db import write_chunks
+from losswatch.server.storage.models import Chunk, Series
 
 __all__ = ["SeriesBatch", "SeriesRow", "parse_batch", "record_points", "load_series", "save_series",
            "read_points", "iter_csv", "iter_chunks", "encode_floats", "get_series"]

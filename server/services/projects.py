@@ -9,9 +9,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from losswatch.server.api.schemas import PROJECT_PATTERN, ProjectRead
 from losswatch.server.errors import InvalidRequest, project_not_found
-from losswatch.server.models import Project, Run
-from losswatch.server.schemas import PROJECT_PATTERN, ProjectRead
+from losswatch.server.storage.models import Project, Run
 
 _NAME = re.compile(PROJECT_PATTERN)
 

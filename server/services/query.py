@@ -19,11 +19,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from losswatch.client import wire
-from losswatch.server import chunks
 from losswatch.server.errors import InvalidRequest
-from losswatch.server.models import Chunk, Series
 from losswatch.server.services.points import encode_floats
 from losswatch.server.services.runs import get_run
+from losswatch.server.storage import chunks
+from losswatch.server.storage.models import Chunk, Series
 
 MAX_BUCKETS = 20_000
 MAX_SERIES = 400

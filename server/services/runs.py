@@ -14,11 +14,11 @@ import orjson
 from sqlalchemy import Text, and_, bindparam, case, delete, func, select, type_coerce, update
 from sqlalchemy.orm import Session
 
+from losswatch.server.api.schemas import RunCreate, RunRead, RunUpdate, SeriesSummary
 from losswatch.server.errors import InvalidRequest, run_not_found
-from losswatch.server.models import Alert, Project, Run, Series, json_array_contains_all
-from losswatch.server.schemas import RunCreate, RunRead, RunUpdate, SeriesSummary
 from losswatch.server.services.alerts import check_rule_config
 from losswatch.server.services.projects import get_or_create_project, get_project, now, utc
+from losswatch.server.storage.models import Alert, Project, Run, Series, json_array_contains_all
 
 ENDED = ("finished", "failed", "crashed", "stopped")
 

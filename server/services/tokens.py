@@ -28,8 +28,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from losswatch.server.errors import Forbidden, InvalidRequest, NotFound
-from losswatch.server.models import TOKEN_SCOPES, Project, Token
 from losswatch.server.services.projects import get_or_create_project, now
+from losswatch.server.storage.models import TOKEN_SCOPES, Project, Token
 
 SCOPE_RANK = {scope: i for i, scope in enumerate(TOKEN_SCOPES)}
 TOKEN_LENGTH_MAX = 128  # real tokens are 59 characters; anything much longer is not one

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from losswatch.server.db import Database
 from losswatch.server.services.tokens import create_token
 from losswatch.server.settings import Settings
+from losswatch.server.storage.db import Database
 from tests.conftest import make_client
 
 MLFLOW = "/api/2.0/mlflow"
@@ -269,7 +269,7 @@ def test_tokens_are_stored_hashed(world: Any, db_url: str) -> None:
     _, tokens, _ = world  # see also tests/security/test_secrets.py (constant-time compare)
     from sqlalchemy import select
 
-    from losswatch.server.models import Token
+    from losswatch.server.storage.models import Token
 
     db = Database(Settings(database_url=db_url))
     with db.read() as s:

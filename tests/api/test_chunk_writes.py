@@ -1,4 +1,4 @@
-"""The chunk-row write paths (``losswatch.server.db.write_chunks``) on SQLite and PostgreSQL: the fast
+"""The chunk-row write paths (``losswatch.server.storage.db.write_chunks``) on SQLite and PostgreSQL: the fast
 ones (plain-tuple executemany; binary COPY and ``UPDATE ... FROM unnest``) store exactly the rows the
 portable SQLAlchemy statements store, and a retried batch is neither rewritten nor shown again to
 the detectors (``record_points(..., fresh)``)."""
@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from losswatch.server import chunks
 from losswatch.server import db as dbmod
-from losswatch.server.db import Database, upgrade
-from losswatch.server.models import Chunk, Series
-from losswatch.server.schemas import RunCreate
+from losswatch.server.api.schemas import RunCreate
 from losswatch.server.services import points, runs
 from losswatch.server.settings import Settings
+from losswatch.server.storage import chunks
+from losswatch.server.storage.db import Database, upgrade
+from losswatch.server.storage.models import Chunk, Series
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from losswatch.client import wire
-from losswatch.server import chunks
 from losswatch.server.services import points as points_service
+from losswatch.server.storage import chunks
 from tests.conftest import make_client
 
 COLUMNAR = {"content-type": wire.COLUMNAR_TYPE}

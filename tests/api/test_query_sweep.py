@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from losswatch.client import wire
-from losswatch.server import chunks
 from losswatch.server.services import query as query_service
+from losswatch.server.storage import chunks
 from tests.api.test_points import brute_buckets, ingest, new_run
 
 

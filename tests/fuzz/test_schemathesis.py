@@ -33,9 +33,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from losswatch.server.db import Database
 from losswatch.server.services.tokens import create_token
 from losswatch.server.settings import Settings
+from losswatch.server.storage.db import Database
 from tests.conftest import PG_URL, _pg_admin, _pg_reason, make_client, need_or_skip
 
 pytestmark = [

@@ -15,9 +15,9 @@ import httpx
 import psutil
 import pytest
 
-from losswatch.server.db import Database
 from losswatch.server.services.tokens import AuthCache, Principal, create_token
 from losswatch.server.settings import Settings
+from losswatch.server.storage.db import Database
 from tests.conftest import make_client
 
 

@@ -18,11 +18,11 @@ import pytest
 from sqlalchemy import func, select
 
 from losswatch import cli
-from losswatch.server.db import Database
-from losswatch.server.models import Alert, Chunk, Run, Series
 from losswatch.server.services import archive
 from losswatch.server.services.tokens import create_token
 from losswatch.server.settings import Settings
+from losswatch.server.storage.db import Database
+from losswatch.server.storage.models import Alert, Chunk, Run, Series
 from tests.conftest import make_client
 
 SPECIALS = [float("nan"), float("inf"), float("-inf"), -0.0, 0.0, 5e-324, 1.7976931348623157e308, -2.5e-300, 0.1]

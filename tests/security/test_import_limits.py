@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from losswatch.server.db import Database
 from losswatch.server.services import archive
 from losswatch.server.settings import Settings
+from losswatch.server.storage.db import Database
 from tests.conftest import BIN, make_client
 
 HEAD = {"format": "losswatch-archive", "version": 1,

@@ -21,10 +21,10 @@ from sqlalchemy import update
 
 from losswatch.client import wire
 from losswatch.server.alerts import senders
-from losswatch.server.db import Database
-from losswatch.server.models import Run
 from losswatch.server.services import archive
 from losswatch.server.settings import Settings
+from losswatch.server.storage.db import Database
+from losswatch.server.storage.models import Run
 from tests.conftest import BIN, make_client
 from tests.receivers import SMTPReceiver, wait_for
 

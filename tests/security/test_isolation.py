@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from losswatch.server.db import Database
 from losswatch.server.services.tokens import create_token
 from losswatch.server.settings import Settings
+from losswatch.server.storage.db import Database
 from tests.conftest import make_client
 
 SECRET = "secret-name-of-project-a"

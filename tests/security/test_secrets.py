@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from losswatch.server.db import Database
 from losswatch.server.services import channels, tokens
 from losswatch.server.settings import Settings
+from losswatch.server.storage.db import Database
 from tests.conftest import BIN, free_port, make_client
 from tests.receivers import WebhookReceiver, wait_for
 

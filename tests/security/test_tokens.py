@@ -13,11 +13,11 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from losswatch.server.db import Database
 from losswatch.server.errors import Forbidden, InvalidRequest
-from losswatch.server.models import Token
 from losswatch.server.services import tokens
 from losswatch.server.settings import Settings
+from losswatch.server.storage.db import Database
+from losswatch.server.storage.models import Token
 from tests.conftest import BIN, make_client
 
 TTL = 1.0  # LOSSWATCH_AUTH_CACHE_SECONDS, the default

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 
 from losswatch.server.app import prepare_database
-from losswatch.server.db import Database
 from losswatch.server.services.tokens import create_token
 from losswatch.server.settings import Settings
+from losswatch.server.storage.db import Database
 from tests.conftest import need_or_skip
 
 CHROMIUM = Path("/usr/bin/chromium")

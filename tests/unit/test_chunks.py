@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from losswatch.server import chunks
-from losswatch.server.chunks import CHUNK_STEPS, Points
+from losswatch.server.storage import chunks
+from losswatch.server.storage.chunks import CHUNK_STEPS, Points
 
 
 def pts(steps: list[int] | np.ndarray, seed: int = 0, nan_every: int = 0) -> Points:
