@@ -25,10 +25,8 @@ router = APIRouter(prefix="/api/v1/projects", tags=["tokens"], responses=API_ERR
              summary="Make a token for this project (admin; never above the caller's scope or expiry)")
 def create_token(project: AdminProject, body: TokenCreate, request: Request, db: DB, caller: Caller) -> TokenCreated:
     with db.write() as s:
-        token, plaintext = tokens.create_token(s, project.name, body.scope, body.name, expires_at=body.expires_at,
-                                               parent=caller)
-        made = TokenCreated(id=token.id, project=project.name, name=token.name, scope=body.scope,
-                            expires_at=tokens.describe_token(token, project.name)["expires_at"], token=plaintext)
+        minted = tokens.mint_token(s, project.name, body.scope, body.name, expires_at=body.expires_at, parent=caller)
+    made = TokenCreated(**{field: minted[field] for field in TokenCreated.model_fields})
     audit.warning("token #%d %r (%s on project %r) made by %s from %s", made.id, made.name, made.scope, project.name,
                   caller.describe(), request.client.host if request.client else "?")
     return made

@@ -125,6 +125,14 @@ def authenticate(session: Session, plaintext: str) -> Principal | None:
     return None if principal.expired() else principal
 
 
+def mint_token(session: Session, project_name: str, scope: str, name: str, *,
+               expires_at: datetime | None = None, parent: Principal | None = None) -> dict[str, Any]:
+    """:func:`create_token` for the API, as plain data: the token as lists show it, plus its text
+    (shown once)."""
+    token, plaintext = create_token(session, project_name, scope, name, expires_at=expires_at, parent=parent)
+    return {**describe_token(token, project_name), "token": plaintext}
+
+
 def describe_token(token: Token, project: str) -> dict[str, Any]:
     """A token as lists show it: never its secret, only the lookup part that appears in its text."""
     return {

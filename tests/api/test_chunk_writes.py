@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from losswatch.server import db as dbmod
+from losswatch.server.storage import db as dbmod
 from losswatch.server.api.schemas import RunCreate
 from losswatch.server.services import points, runs
 from losswatch.server.settings import Settings
