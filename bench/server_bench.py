@@ -239,10 +239,10 @@ def store_write_paths(work: Path, bodies: list[bytes], rounds: int = 3) -> dict[
     (``FAST_CHUNK_WRITES = False``) against binary COPY of new chunk rows on PostgreSQL and
     plain-tuple executemany on SQLite; each the median of ``rounds`` alternating rounds, each round a
     new run. The stored points are read back and checked bit for bit."""
-    from losswatch.server.storage import db as dbmod
     from losswatch.server.api.schemas import RunCreate
     from losswatch.server.services import batches, points, runs
     from losswatch.server.settings import Settings
+    from losswatch.server.storage import db as dbmod
     from losswatch.server.storage.db import Database, upgrade
 
     parsed = [batches.parse_columnar(b) for b in bodies]

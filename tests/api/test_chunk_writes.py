@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from losswatch.server.storage import db as dbmod
 from losswatch.server.api.schemas import RunCreate
 from losswatch.server.services import points, runs
 from losswatch.server.settings import Settings
 from losswatch.server.storage import chunks
+from losswatch.server.storage import db as dbmod
 from losswatch.server.storage.db import Database, upgrade
 from losswatch.server.storage.models import Chunk, Series
 
