@@ -29,6 +29,10 @@ from losswatch.client.errors import LosswatchError
 from losswatch.client.sender import Notices, Sender
 from losswatch.client.values import materialize
 
+# Jitter from a generator of our own: the module-level one belongs to the training script, which may
+# seed it for reproducibility; drawing from it would change the script's random numbers.
+_JITTER = random.Random()
+
 log = logging.getLogger("losswatch")
 
 EVAL_KINDS = ("loss", "loss_component")  # what log_eval() keeps from guess_kind; anything else is "metric"
@@ -105,7 +109,7 @@ class Collector(threading.Thread):
         run = self._owner
         # Each interval is jittered by ±20 %: jobs started together (a sweep, a load test) would
         # otherwise all send at the same instant, forever, and queue behind each other on the server.
-        deadline = time.monotonic() + self.flush_interval * random.uniform(0.5, 1.0)
+        deadline = time.monotonic() + self.flush_interval * _JITTER.uniform(0.5, 1.0)
         while True:
             # read in this order: whatever the training thread queued before finish() or flush() is seen
             status = self._finish_status
@@ -127,7 +131,7 @@ class Collector(threading.Thread):
             for body in updates:  # after the points logged before the update() call
                 self._sender.put_update(body)
             if now >= deadline:
-                deadline = now + self.flush_interval * random.uniform(0.8, 1.2)
+                deadline = now + self.flush_interval * _JITTER.uniform(0.8, 1.2)
             pending = self._notices.pending or run._stop_due() is not None
             run._mark = -1 if pending else run._n_out + self.wake_points
             for cut in requests:

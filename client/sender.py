@@ -30,6 +30,10 @@ from losswatch.client import delivery, spool, wire
 from losswatch.client.errors import LosswatchError
 from losswatch.client.transport import Transport
 
+# Jitter from a generator of our own: the module-level one belongs to the training script, which may
+# seed it for reproducibility; drawing from it would change the script's random numbers.
+_JITTER = random.Random()
+
 log = logging.getLogger("losswatch")
 
 _Item = tuple[int, str, bytes, int]  # (seq, "points" | "update" | "finish", body or status, points)
@@ -402,7 +406,7 @@ class Sender(threading.Thread):
         self._move_to_disk("offline")
         if self._final:
             self._final_failures += 1
-        delay = self._backoff * random.uniform(0.8, 1.2)
+        delay = self._backoff * _JITTER.uniform(0.8, 1.2)
         if res.retry_after is not None:
             delay = max(delay, min(res.retry_after, 600.0))  # the server knows best, within reason
         if self._final:

@@ -296,3 +296,22 @@ def test_import_does_not_load_heavy_modules() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_logging_leaves_the_scripts_random_numbers_alone(server: FakeServer, spool_dir, fast) -> None:
+    """A training script that seeds `random` gets the same numbers with losswatch as without: the client's
+    jitter (flush intervals, retry backoff) draws from a generator of its own."""
+    import random
+
+    random.seed(1234)
+    alone = [random.random() for _ in range(50)]
+    random.seed(1234)
+    run = losswatch.init(project="p", url=server.url, spool_dir=spool_dir, flush_every=5, **fast)
+    drawn = []
+    for step in range(50):
+        run.log({"train/loss": 1.0 / (step + 1)})
+        run.flush()  # the collector and the sender cut and send between the script's draws
+        drawn.append(random.random())
+    run.finish()
+    assert drawn == alone
+    assert sorted(server.series(run.id, "train/loss")) == list(range(50))
