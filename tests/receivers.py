@@ -17,12 +17,21 @@ class WebhookReceiver:
         self.requests: list[dict[str, Any]] = []
         self.status = 200
         self.delay = 0.0
+        self.gate: threading.Event | None = None  # when set to an unset Event, requests wait for it (a hang)
+        self.held = 0  # requests waiting on the gate now
         self._lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                gate = receiver.gate
+                if gate is not None and not gate.is_set():
+                    with receiver._lock:
+                        receiver.held += 1
+                    gate.wait(120)
+                    with receiver._lock:
+                        receiver.held -= 1
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 with receiver._lock:

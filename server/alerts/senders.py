@@ -63,7 +63,7 @@ def send_webhook(client: httpx.Client, config: dict[str, Any], payload: dict[str
 
 
 def send_slack(client: httpx.Client, config: dict[str, Any], payload: dict[str, Any], delivery_id: int) -> int:
-    text = payload["text"] + (f"\n<{payload['link']}|open the run>" if payload.get("link") else "")
+    text = payload["text"] + (f"\n<{payload['link']}|open the chart>" if payload.get("link") else "")
     return _post(client, config["url"], json.dumps({"text": text}).encode(), {})
 
 

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
+from urllib.parse import quote, urlencode
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
@@ -144,10 +145,27 @@ def event_payload(run: RunContext, alert: Alert, event: str) -> dict[str, Any]:
     """What a channel receives: the alert, the run, and one line a person reads at a glance."""
     text = alert.message if event == "fired" else f"[resolved] {run.label}: {alert.rule} on " \
         f"{alert.series_key or 'the run'} resolved at step {alert.resolved_step}"
-    link = f"{run.public_url.rstrip('/')}/runs/{run.id}" if run.public_url else None
-    return {"event": f"alert.{event}", "text": text, "link": link,
+    base = run.public_url.rstrip("/") if run.public_url else None
+    return {"event": f"alert.{event}", "text": text,
+            "link": f"{base}{chart_path(run.project, alert)}" if base else None,
+            "run_link": f"{base}/runs/{run.id}" if base else None,
             "run": {"id": run.id, "name": run.name, "project": run.project},
             "alert": alert_to_dict(alert)}
+
+
+def chart_path(project: str, alert: Alert) -> str:
+    """The dashboard's compare chart of the alert's run and series, zoomed around its onset (and its
+    resolution), padded by the incident's length or 50 steps: what a person opens from a message.
+    The alerts page builds the same view (dashboard/static/alerts.js, ``chartUrl``)."""
+    params: dict[str, str] = {"runs": alert.run_id}
+    if alert.series_key:
+        params["key"] = alert.series_key
+    onset = alert.onset_step if alert.onset_step is not None else alert.step
+    if onset is not None:
+        last = max(onset, alert.resolved_step if alert.resolved_step is not None else (alert.step or onset))
+        pad = max(50, last - onset)
+        params |= {"start": str(max(0, onset - pad)), "end": str(last + pad)}
+    return f"/p/{quote(project, safe='')}/compare?{urlencode(params)}"
 
 
 def active_alerts(session: Session, run_id: str, also: list[Alert] = ()) -> list[dict[str, Any]]:  # type: ignore[assignment]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import threading
 import time
 from typing import Any
 
@@ -31,7 +32,8 @@ def send(c: Any, rid: str, key: str, steps: range | list[int], values: Any, kind
 
 @pytest.fixture
 def app(db_url: str) -> Any:
-    with make_client(db_url, allow_private_channels=True, smtp_host="127.0.0.1") as c:
+    with make_client(db_url, allow_private_channels=True, smtp_host="127.0.0.1",
+                     public_url="https://lw.example.org/") as c:
         yield c
 
 
@@ -104,11 +106,18 @@ def test_webhook_slack_and_email_receive_the_alert(app: Any) -> None:
         assert payload["alert"]["onset_step"] == 1 and payload["run"]["name"] == "lr-high"
         sig = hmac.new(b"s3cret", req["body"], hashlib.sha256).hexdigest()
         assert req["headers"]["X-Losswatch-Signature"] == f"sha256={sig}"
+        # the link opens the compare chart of this run and series, zoomed on the onset (step 1, padded by 50)
+        chart = f"/p/p/compare?runs={rid}&key=train%2Floss&start=0&end=51"
+        assert payload["link"] == "https://lw.example.org" + chart
+        assert payload["run_link"] == f"https://lw.example.org/runs/{rid}"
+        assert app.get(chart).status_code == 200
         (chat,) = wait_for(slack.delivered)
         assert "train/loss" in chat["json"]["text"] and "step 1" in chat["json"]["text"]
+        assert f"<https://lw.example.org{chart}|open the chart>" in chat["json"]["text"]
         wait_for(lambda: smtp.messages)
         rcpt, msg = smtp.messages[0]
         assert rcpt == ["ml@example.org"] and "non_finite" in msg["Subject"] and "lr-high" in msg["Subject"]
+        assert "https://lw.example.org" + chart in msg.get_payload(decode=True).decode()
         channels = app.get("/api/v1/projects/p/channels").json()["channels"]
         assert all("s3cret" not in str(ch) for ch in channels)  # secrets never shown
 
@@ -120,14 +129,29 @@ def test_dead_webhook_is_retried_and_never_slows_ingest(app: Any) -> None:
         ch = app.post("/api/v1/projects/p/channels", json={"name": "h", "kind": "webhook", "config": {"url": hook.url}})
         send(app, rid, "train/loss", [0], [math.nan])
         wait_for(lambda: len(hook.requests) >= 2, timeout=20)  # retried with backoff (1 s, 2 s, ...)
-        start = time.perf_counter()
-        for i in range(1, 21):
-            send(app, rid, "train/loss", [i], [1.0])
-        assert (time.perf_counter() - start) / 20 < 0.25  # the 0.5 s receiver is not on the ingest path
+        # Now the receiver hangs: the next attempt is held until the gate opens. Ingest must go on while
+        # a delivery hangs; if delivery were on the ingest path, these sends would wait on the gate.
+        hook.gate = threading.Event()
+        wait_for(lambda: hook.held >= 1, timeout=30)
+        done = threading.Event()
+
+        def ingest() -> None:
+            for i in range(1, 21):
+                send(app, rid, "train/loss", [i], [1.0])
+            done.set()
+
+        threading.Thread(target=ingest, daemon=True).start()
+        assert done.wait(60), "ingest waited on a hanging webhook"
+        assert hook.held >= 1  # the delivery was still hanging when the 20 batches were stored
         hook.status, hook.delay = 200, 0.0
-        wait_for(hook.delivered, timeout=20)
-        attempts = app.get(f"/api/v1/projects/p/channels/{ch.json()['id']}/attempts").json()["attempts"]
-        assert [a["ok"] for a in attempts][-2:] == [False, False] and attempts[0]["ok"] is True
+        hook.gate.set()
+
+        def delivered() -> list[dict[str, Any]] | None:  # the newest attempt succeeded (newest first)
+            got = app.get(f"/api/v1/projects/p/channels/{ch.json()['id']}/attempts").json()["attempts"]
+            return got if got and got[0]["ok"] else None
+
+        attempts = wait_for(delivered, timeout=30)
+        assert [a["ok"] for a in attempts][-2:] == [False, False]
         assert attempts[-1]["status_code"] == 503
 
 
