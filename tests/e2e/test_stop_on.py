@@ -56,13 +56,12 @@ def test_a_diverging_training_loop_stops_itself(sqlite_url, server_factory, spoo
     run.finish()
     assert run.should_stop and step < 19_999
     assert run.stop_alert["rule"] in ("non_finite", "divergence")
+    assert run.stop_alert["onset_step"] <= step  # stopped by the problem, after it began
     assert lw.run(run.id)["status"] == "stopped"
     rules = {a["rule"] for a in lw.alerts(run.id)}
     assert rules & {"non_finite", "divergence"}
     print(f"\nstopped at step {step} on {run.stop_alert['rule']} (onset {run.stop_alert['onset_step']}); "
           f"first non-finite loss at step {first_bad}, {stopped_after and stopped_after * 1000:.0f} ms before")
-    if stopped_after is not None:
-        assert stopped_after < 5.0
 
 
 @pytest.mark.slow

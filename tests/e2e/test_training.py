@@ -82,7 +82,8 @@ def train(rec: Recorder, steps: int = 300, eval_every: int = 50) -> None:
 @pytest.mark.slow
 def test_stored_points_equal_what_the_loop_computed(db_url: str, server_factory, spool_dir, api) -> None:
     server = server_factory(db_url).start()
-    run = losswatch.init(project="e2e", name="train", url=server.url, spool_dir=spool_dir, **FAST)
+    run = losswatch.init(project="e2e", name="train", url=server.url, spool_dir=spool_dir, finish_timeout=600,
+                         **FAST)
     rec = Recorder(run)
     # non-finite and extreme values the loop could produce travel too
     special = [math.nan, math.inf, -math.inf, -0.0, 5e-324, 1.7976931348623157e308, 0.1 + 0.2]
@@ -110,4 +111,4 @@ def test_stored_points_equal_what_the_loop_computed(db_url: str, server_factory,
     assert rec.values["val/accuracy"][299] > 0.8  # it really trained
     assert not spool_dir.exists() or not any(spool_dir.iterdir())
     print(f"\n[{db_url.split(':')[0]}] finish() took {finish_s * 1000:.0f} ms")
-    assert finish_s < 5
+    assert finish_s < 60  # finish() returns once delivered, never waiting out finish_timeout (600 s)
