@@ -35,7 +35,6 @@ _JITTER = random.Random()
 
 log = logging.getLogger("losswatch")
 
-EVAL_KINDS = ("loss", "loss_component")  # what log_eval() keeps from guess_kind; anything else is "metric"
 
 
 class Cut(threading.Event):
@@ -166,9 +165,7 @@ class Collector(threading.Thread):
     def _kind(self, key: str, is_eval: bool) -> str:
         kind = self._kinds.get(key) or self._guessed.get(key)
         if kind is None:
-            kind = wire.guess_kind(key)
-            if is_eval and kind not in EVAL_KINDS:
-                kind = "metric"
+            kind = wire.guess_kind(key, evaluation=is_eval)
             self._guessed[key] = kind
         return kind
 

@@ -327,7 +327,8 @@ class Run:
         wall_time: float | None = None,
     ) -> None:
         """Queue evaluation metrics at ``step`` (default: the last training step; the step counter
-        does not move). A key's kind is ``metric`` unless its name says loss (``val/loss``).
+        does not move). A key's kind is ``metric`` unless its name says loss (``val/loss``) or
+        bookkeeping (``eval_runtime``, ``epoch``: ``other``), see :func:`wire.guess_kind`.
         ``wall_time`` as in :meth:`log`."""
         if step is None:
             step = max(self._step - 1, 0)

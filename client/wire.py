@@ -149,9 +149,12 @@ _TOKENS: Final = re.compile(r"[/_.\-\s()]+")
 _GRAD_NORM: Final = re.compile(r"grad(?:ient)?[_-]?(?:\d+(?:\.\d+)?[_-]?)?norm")
 
 
-def guess_kind(key: str) -> str:
+def guess_kind(key: str, evaluation: bool = False) -> str:
     """The series kind a key most likely has, for callers that do not say: the one place that
     decides (the client, the integrations, the MLflow API and the importers all call it).
+    ``evaluation``: the key was logged as an evaluation result (``run.log_eval``), so any key that is
+    neither a loss, a learning rate, a gradient norm nor bookkeeping is a ``metric`` whatever its name
+    (``eval_runtime``, ``epoch``, ``samples_per_second`` stay ``other``: a rule must not judge them).
 
     ====================================================  ================
     key                                                   kind
@@ -194,7 +197,7 @@ def guess_kind(key: str) -> str:
         return "loss_component"
     if any(t in _METRIC_WORDS or t.startswith(("map", "top")) and t[-1:].isdigit() for t in core):
         return "metric"
-    if stage in _EVAL_STAGES and core and not any(t in _BOOKKEEPING for t in core):
+    if (stage in _EVAL_STAGES or evaluation) and core and not any(t in _BOOKKEEPING for t in core):
         return "metric"
     return "other"
 

@@ -81,6 +81,8 @@ def test_every_step_and_evaluation_reach_the_server_as_the_trainer_logged_them(s
     evals = [h for h in history if "eval_loss" in h]
     assert [h["step"] for h in evals] == [6, 12]
     assert run["summary"]["eval_loss"]["kind"] == "loss"  # an evaluation loss is a loss (wire.guess_kind)
+    for key in ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second"):  # bookkeeping, not a
+        assert run["summary"][key]["kind"] == "other", key  # metric the evaluation rules would judge
     for key in ("eval_loss", "eval_runtime"):
         assert read_series(server.url, run["id"], key) == {h["step"]: h[key] for h in evals}, key
     summary = next(h for h in history if "train_runtime" in h)

@@ -26,3 +26,17 @@ TABLE = {
 def test_guess_kind(key: str, kind: str) -> None:
     assert wire.guess_kind(key) == kind
     assert kind in wire.SERIES_KINDS
+
+
+#: keys logged as evaluation results (``run.log_eval``): a metric unless they are a loss or bookkeeping
+EVAL_TABLE = {
+    "wer": "metric", "val/perplexity": "metric", "eval_custom": "metric", "accuracy": "metric",
+    "val_loss": "loss", "eval_loss": "loss", "val/loss/box": "loss_component",
+    "eval_runtime": "other", "eval_samples_per_second": "other", "eval_steps_per_second": "other",
+    "epoch": "other", "sys/cpu_percent": "other", "lr": "lr",
+}
+
+
+@pytest.mark.parametrize(("key", "kind"), sorted(EVAL_TABLE.items()))
+def test_guess_kind_of_an_evaluation(key: str, kind: str) -> None:
+    assert wire.guess_kind(key, evaluation=True) == kind
