@@ -9,6 +9,7 @@ smoothed level of the paired series). Points without the paired level are skippe
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,28 +32,38 @@ from losswatch.server.detectors.base import (
 class Overfitting(Detector):
     """The training loss keeps falling while the validation loss rises, for ``patience`` evaluations.
 
-    An evaluation counts when the validation loss is worse than its best by more than
-    ``min_delta``·|best| and the (smoothed) training loss fell since the previous evaluation; an
-    evaluation at the same training level as the previous one (two evaluations in one ingest batch)
-    neither counts nor breaks the streak. Fires
-    after ``patience`` consecutive counting evaluations if the validation loss also rose over them.
+    An evaluation counts when the validation loss is worse than its best by more than a margin (the
+    largest of ``min_delta``·|best|, ``deviations`` noise scales of the evaluations themselves and
+    ``giveback`` of the fall from the first evaluation to the best) while the (smoothed) training loss
+    fell since the previous evaluation and is below its level at the best; one beyond ``strong`` margins
+    counts twice. An evaluation at the
+    same training level as the previous one (no training points in between) neither counts nor breaks
+    the streak. Fires when the streak reaches ``patience`` if the validation loss also rose over it.
     Resolves at a new best validation loss.
 
     Parameters:
         patience: consecutive counting evaluations (EarlyStopping's patience).
         min_delta: relative margin over the best validation loss.
+        deviations: noise scales (from second differences of the evaluations before) in the margin.
+        giveback: share of the validation loss's fall so far that a rise must give back.
+        strong: margins beyond which an evaluation counts twice.
         warmup: evaluations per segment before the rule can fire.
     """
 
     rule = "overfitting"
     severity = "warning"
+    keep = ("first_val",)  # the run's first evaluation, kept across a resume
     patience: int = 3
     min_delta: float = 0.02
     deviations: float = 2.0
+    giveback: float = 0.03
+    strong: float = 3.0
     warmup: int = 2
 
     def __post_init__(self) -> None:
         check_int(self, "patience", 1)
+        check_float(self, "giveback", 0.0)
+        check_float(self, "strong", 1.0)
         check_float(self, "min_delta", 0.0)
         check_float(self, "deviations", 0.0)
         check_int(self, "warmup", 0)
@@ -70,60 +81,92 @@ class Overfitting(Detector):
             if v - v != 0.0 or tr is None or tr - tr != 0.0:
                 continue
             st["n"] += 1
-            best, prev_train = st["best"], st["prev_train"]
-            st["prev_train"] = tr
+            if st.get("first_val") is None:
+                st["first_val"] = v
+            # evaluation noise from second differences (a trend does not inflate them): for independent
+            # noise σ, |v − 2v' + v''| has mean √6·σ·√(2/π) ≈ 1.95σ
             pv, pp = st["prev_val"], st.get("prev2")
             if pv is not None and pp is not None:
-                # evaluation noise from second differences (a trend does not inflate them): for
-                # independent noise σ, |v − 2v' + v''| has mean √6·σ·√(2/π) ≈ 1.95σ
                 d2 = abs(v - 2.0 * pv + pp) / 1.95
                 st["noise"] = d2 if st.get("noise") is None else 0.7 * st["noise"] + 0.3 * d2
             st["prev2"] = pv
-            if best is None or v < best:
-                st.update(best=v, best_step=s, train_at_best=tr, streak=0, prev_val=v)
-                if st["active"]:
-                    st["active"] = False
-                    out.append(
-                        Finding(
-                            self.rule, "resolve", s, v, best, self.severity,
-                            f"{series_label(key)} reached a new best {num(v)} at step {s:,}: no longer overfitting",
-                            key, st["onset"],
-                        )
-                    )
-                continue
-            if tr == prev_train:
-                # the training level has not moved since the previous evaluation (the server passes
-                # one level per batch): no news about the training loss, so the streak stands still
-                st["prev_val"] = v
-                continue
-            margin = max(self.min_delta * abs(best), self.deviations * (st.get("noise") or 0.0))
-            if v > best + margin and prev_train is not None and tr < prev_train and tr < st["train_at_best"]:
-                # the training loss must also be below its level at the best: after a blow-up the
-                # validation loss rises and the training loss falls back, which is not overfitting
-                if st["streak"] == 0:
-                    st["before"] = st["prev_val"]
-                    st["first"] = s
-                st["streak"] += 1
-            else:
-                st["streak"] = 0
+            self._judge(st, s, v, tr, key, train_key, out)
             st["prev_val"] = v
-            if (
-                not st["active"]
-                and st["streak"] >= self.patience
-                and st["n"] > self.warmup
-                and v > st["before"]
-            ):
-                st["active"] = True
-                st["onset"] = st["first"]
+
+    def _judge(self, st: dict[str, Any], s: int, v: float, tr: float, key: str, train_key: str,
+               out: list[Finding]) -> None:
+        best, prev_train = st["best"], st["prev_train"]
+        st["prev_train"] = tr
+        if best is None or v < best:
+            st.update(best=v, best_step=s, train_at_best=tr, streak=0)
+            if st["active"]:
+                st["active"] = False
                 out.append(
                     Finding(
-                        self.rule, "fire", s, v, best, self.severity,
-                        f"{series_label(key)} is overfitting: it rose to {num(v)} at step {s:,} (best "
-                        f"{num(best)} at step {st['best_step']:,}) over {st['streak']} evaluations while "
-                        f"{train_key} fell from {num(st['train_at_best'])} to {num(tr)}",
-                        key, st["first"], {"train_loss": tr},
+                        self.rule, "resolve", s, v, best, self.severity,
+                        f"{series_label(key)} reached a new best {num(v)} at step {s:,}: no longer overfitting",
+                        key, st["onset"],
                     )
                 )
+            return
+        if tr == prev_train:
+            # the training level has not moved since the previous evaluation (no training points in
+            # between): no news about the training loss, so the streak stands still
+            return
+        # the rise must be beyond the evaluations' own noise, `min_delta` of the best, and a share
+        # `giveback` of what the validation loss had gained since its first evaluation (a val loss at
+        # 0.027 creeping to 0.029 after falling from 2.0 is not worth a warning)
+        margin = max(self.min_delta * abs(best), self.deviations * (st.get("noise") or 0.0),
+                     self.giveback * (st["first_val"] - best))
+        # the training loss must be below its level at the best: after a blow-up the validation loss
+        # rises and the training loss falls back, which is not overfitting
+        if v > best + margin and prev_train is not None and tr < prev_train and tr < st["train_at_best"]:
+            if st["streak"] == 0:
+                st["before"] = st["prev_val"]
+                st["first"] = s
+            # a rise far beyond the margin is stronger evidence: it counts twice
+            st["streak"] += 2 if v > best + self.strong * margin else 1
+        else:
+            st["streak"] = 0
+        if not st["active"] and st["streak"] >= self.patience and st["n"] > self.warmup and v > st["before"]:
+            st["active"] = True
+            st["onset"] = st["first"]
+            out.append(
+                Finding(
+                    self.rule, "fire", s, v, best, self.severity,
+                    f"{series_label(key)} is overfitting: it rose to {num(v)} at step {s:,} (best "
+                    f"{num(best)} at step {st['best_step']:,}) while {train_key} fell from "
+                    f"{num(st['train_at_best'])} to {num(tr)}",
+                    key, st["first"], {"train_loss": tr},
+                )
+            )
+
+
+def _learn_noise(st: dict[str, Any], v: float) -> None:
+    """The metric's evaluation noise from second differences of its closed evaluations (a trend does not
+    inflate them; for independent noise σ, |v − 2v' + v''| has mean ≈ 1.95σ), an EWMA in ``st``."""
+    fin = st.setdefault("mfin", [])
+    fin.append(v)
+    if len(fin) > 3:
+        del fin[0]
+    if len(fin) == 3:
+        d2 = abs(fin[2] - 2.0 * fin[1] + fin[0]) / 1.95
+        st["mnoise"] = d2 if st.get("mnoise") is None else 0.7 * st["mnoise"] + 0.3 * d2
+
+
+def _leave(st: dict[str, Any], losses: list[float], w: int) -> None:
+    """Keep the last ``w`` losses that left the window (the evaluations before it)."""
+    st["before"] = (st.get("before") or [])[-w:] + losses[-w:]
+    del st["before"][:-w]
+
+
+def _worst(ls: list[float], lsign: float) -> int:
+    """Index of the worst loss in the window (the first of equals, as numpy's argmax)."""
+    k = 0
+    for i in range(1, len(ls)):
+        if lsign * ls[i] > lsign * ls[k]:
+            k = i
+    return k
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -161,12 +204,15 @@ def _ranks(v: list[float]) -> list[float]:
 class Misalignment(Detector):
     """The loss keeps improving while the evaluation metric it should drive does not.
 
-    Over the last ``window`` evaluations, the rank correlation between the loss's improvement and the
-    metric's improvement (directions from ``loss_mode`` and ``mode``) is computed. An evaluation is
-    misaligned when the correlation is below ``threshold``, the loss improved by more than
-    ``min_delta`` (relative) over the window and the metric's best in the window beats its first value
-    by no more than ``metric_delta`` (relative). Fires after ``patience`` misaligned evaluations in a
-    row. Resolves when the correlation is back above ``threshold + 0.4`` and the metric improves by more
+    Over the last ``window`` evaluations, from the loss's worst point among them on (the first on a
+    falling loss; after a jump of the loss that is being learned again, the jump), the rank correlation
+    between the loss's improvement and the metric's improvement (directions from ``loss_mode`` and
+    ``mode``) is computed. An evaluation is misaligned when the correlation is below ``threshold``, the
+    loss improved by more than ``min_delta`` (relative) and the metric's best beats its first value by
+    no more than ``metric_delta`` (relative) nor by more than ``deviations`` noise scales of its own
+    evaluations; judged from a jump, the metric must also have lost more than both since before the
+    jump. Fires after ``patience`` misaligned evaluations in a row (one judged from a jump counts
+    twice). Resolves when the correlation is back above ``threshold + 0.4`` and the metric improves by more
     than ``metric_delta`` over the window, or when the loss stops improving.
     Consecutive points with the same loss level (the server passes one level per ingest batch, so a
     metric logged every step has many) are one evaluation: the latest metric value wins.
@@ -180,6 +226,9 @@ class Misalignment(Detector):
         min_delta: relative loss improvement over the window that counts as "improving".
         metric_delta: relative improvement of the metric over the window that counts as following.
         patience: misaligned evaluations in a row before firing.
+        ceiling: a metric on [0, 1] within this of its bound has no room to follow.
+        deviations: noise scales of the metric's evaluations (from second differences) a change must pass.
+        spacing: metric points closer than this to an evaluation's first point are that evaluation.
     """
 
     rule = "misalignment"
@@ -192,11 +241,13 @@ class Misalignment(Detector):
     metric_delta: float = 0.02
     patience: int = 2
     ceiling: float = 0.05
+    deviations: float = 3.0
     spacing: int = 10
 
     def __post_init__(self) -> None:
         check_float(self, "ceiling", 0.0, 1.0)
         check_int(self, "spacing", 1)
+        check_float(self, "deviations", 0.0)
         check_choice(self, "mode", ("min", "max"))
         check_choice(self, "loss_mode", ("min", "max"))
         check_int(self, "window", 3)
@@ -235,19 +286,32 @@ class Misalignment(Detector):
             fa = np.asarray(firsts)[gs]
             wl = np.concatenate((fin_l[rows], L[fa][:, None]), axis=1)
             wm = np.concatenate((fin_m[rows], arr[fa][:, None]), axis=1)
-            l0, m0 = wl[:, 0], wm[:, 0]
+            # the same quantities as the loop's, from each window's worst loss on (see _judge)
+            k = np.argmax(lsign * wl, axis=1)
+            r = np.arange(wl.shape[0])
+            l0, m0 = wl[r, k], wm[r, k]
+            since = np.arange(w)[None, :] >= k[:, None]
             gain = lsign * (l0 - wl[:, -1]) / np.where(l0 == 0.0, 1.0, np.abs(l0))
-            hi, lo_m = wm.max(axis=1), wm.min(axis=1)
+            hi, lo_m = np.where(since, wm, -np.inf).max(axis=1), np.where(since, wm, np.inf).min(axis=1)
             top = hi if msign > 0 else lo_m
             rise = msign * (top - m0) / np.where(m0 == 0.0, 1.0, np.abs(m0))
             near = ((1.0 - top <= self.ceiling) & (hi <= 1.0)) if msign > 0 else ((0.0 <= lo_m) & (top <= self.ceiling))
-            cand = (gain > self.min_delta) & (rise <= self.metric_delta) & ~near
+            pre = (np.where(since, -np.inf, wm).max(axis=1) if msign > 0 else np.where(since, np.inf, wm).min(axis=1))
+            with np.errstate(invalid="ignore"):
+                lost = (k == 0) | (msign * (pre - top) > self.metric_delta * np.where(pre == 0.0, 1.0, np.abs(pre)))
+            cand = (gain > self.min_delta) & (rise <= self.metric_delta) & ~near & lost
             if cand.any():  # the loop judges it (rank correlation, streak)
                 stop = g1 + int(np.argmax(cand))
             if stop > g1:
                 st["streak"] = 0  # judged, not misaligned
         if stop:
-            ls += [losses[k] for k in ends[:stop][-w:]]
+            # the evaluations this path closed, in order, for the metric's noise (as the loop learns it)
+            for x in [ms[-1]] + [values[k] for k in ends[:stop - 1]]:
+                _learn_noise(st, x)
+            full = ls + [losses[k] for k in ends[:stop]]
+            if len(full) > w:  # the losses that leave the window
+                _leave(st, full[:-w], w)
+            ls = full[-w:]
             ms += [values[k] for k in ends[:stop][-w:]]
             ss += [steps[k] for k in ends[:stop][-w:]]
             st["g0"] = steps[firsts[stop - 1]]
@@ -314,38 +378,61 @@ class Misalignment(Detector):
                 ls[-1], ms[-1], ss[-1] = lv, v, s
                 continue
             st["g0"] = s
+            if ms:
+                _learn_noise(st, ms[-1])  # the previous evaluation is final now
             ls.append(lv)
             ms.append(v)
             ss.append(s)
             if len(ls) > w:
+                _leave(st, [ls[0]], w)  # the evaluations before the window
                 del ls[0], ms[0], ss[0]
             if len(ls) < w:
                 continue
-            gain = lsign * (ls[0] - ls[-1]) / (abs(ls[0]) or 1.0)
-            top = max(ms) if msign > 0 else min(ms)
-            rise = msign * (top - ms[0]) / (abs(ms[0]) or 1.0)
+            # judged from the loss's worst point in the window on (the window's start on a falling loss):
+            # after a jump (a label-mapping bug makes the loss jump, then it is learned again) the loss
+            # improves from its peak while the metric stays where the jump left it
+            k = _worst(ls, lsign)
+            lw, mw = ls[k:], ms[k:]
+            gain = lsign * (lw[0] - lw[-1]) / (abs(lw[0]) or 1.0)
+            # on a loss that only comes back to where it was in the `window` evaluations before the window
+            # (a spike that recovered, the metric never having moved) there is nothing for the metric to follow
+            pl = st.get("before")
+            lb = None if not pl else (min(pl) if lsign > 0 else max(pl))
+            ref = lw[0] if k > 0 or lb is None or lsign * lw[0] < lsign * lb else lb
+            new_gain = lsign * (ref - lw[-1]) / (abs(lw[0]) or 1.0)
+            top = max(mw) if msign > 0 else min(mw)
+            # following: an improvement beyond `metric_delta` or beyond its own noise (a big validation
+            # set's r² rising 0.878 → 0.891 follows the loss, slowly)
+            rise = msign * (top - mw[0]) / (abs(mw[0]) or 1.0)
+            if msign * (top - mw[0]) > self.deviations * (st.get("mnoise") or math.inf):
+                rise = math.inf
             # a metric on [0, 1] within `ceiling` of its bound (accuracy 0.97, r² 0.99) has no room to follow
-            near_bound = (1.0 - top <= self.ceiling and max(ms) <= 1.0) if msign > 0 else (
-                0.0 <= min(ms) and top <= self.ceiling)
+            near_bound = (1.0 - top <= self.ceiling and max(mw) <= 1.0) if msign > 0 else (
+                0.0 <= min(mw) and top <= self.ceiling)
+            if k > 0:  # the metric must also have lost ground since before the peak (beyond its own noise),
+                # and not regained it
+                pre = max(ms[:k]) if msign > 0 else min(ms[:k])
+                near_bound = near_bound or msign * (pre - top) <= max(
+                    self.metric_delta * (abs(pre) or 1.0), self.deviations * (st.get("mnoise") or 0.0))
             rho = 1.0
-            if gain > self.min_delta and rise <= self.metric_delta and not near_bound:
-                rho = spearman([-lsign * x for x in ls], [msign * x for x in ms])
-            elif st["active"]:
-                rho = spearman([-lsign * x for x in ls], [msign * x for x in ms])
-            bad = gain > self.min_delta and rho < self.threshold and rise <= self.metric_delta and not near_bound
-            streak = st.get("streak", 0) + 1 if bad else 0
+            if (new_gain > self.min_delta and rise <= self.metric_delta and not near_bound) or st["active"]:
+                rho = spearman([-lsign * x for x in lw], [msign * x for x in mw])
+            bad = new_gain > self.min_delta and rho < self.threshold and rise <= self.metric_delta and not near_bound
+            # a metric that lost ground at a jump of the loss and stayed there while the loss recovered is
+            # stronger evidence than a slow drift: it counts twice
+            streak = st.get("streak", 0) + (2 if k > 0 else 1) if bad else 0
+            if bad and not st.get("streak"):
+                st["first"] = ss[k]
             st["streak"] = streak
-            if streak == 1:
-                st["first"] = ss[0]
             if not st["active"] and bad and streak >= self.patience:
                 st["active"] = True
                 st["onset"] = st["first"]
                 out.append(
                     Finding(
                         self.rule, "fire", s, v, ms[0], self.severity,
-                        f"{series_label(key)} is not following {loss_key}: over the last {w} evaluations "
-                        f"(steps {ss[0]:,}–{s:,}) {loss_key} improved {gain:.0%} ({num(ls[0])} → "
-                        f"{num(ls[-1])}) while {series_label(key)} went {num(ms[0])} → {num(v)} "
+                        f"{series_label(key)} is not following {loss_key}: over the last {w - k} evaluations "
+                        f"(steps {ss[k]:,}–{s:,}) {loss_key} improved {gain:.0%} ({num(lw[0])} → "
+                        f"{num(lw[-1])}) while {series_label(key)} went {num(mw[0])} → {num(v)} "
                         f"(best {num(max(ms) if msign > 0 else min(ms))}; rank correlation {rho:+.2f} < "
                         f"{self.threshold:+.2f})",
                         key, st["first"], {"rho": rho, "loss_gain": gain, "evaluations": streak},

@@ -33,6 +33,8 @@ from losswatch.server.detectors.base import (
 )
 
 _HIST = 32  # history checkpoints kept (thinned by half when full): window ends within ~3 % of the run
+#: an LR below this share of its peak has collapsed (not a schedule's drop): its further falls give no patience
+_COLLAPSED = 1e-3
 
 
 @dataclass(frozen=True)
@@ -137,8 +139,8 @@ class Plateau(Detector):
         if lrs is None:
             if lr is None or lr - lr != 0.0:
                 return m
-            return i if (last_lr is not None and lr > last_lr) or lr_ref is None or lr < lr_ref * (
-                1.0 - self.lr_drop) else m
+            return i if (last_lr is not None and lr > last_lr) or lr_ref is None or (lr < lr_ref * (
+                1.0 - self.lr_drop) and not lr_ref < _COLLAPSED * st["lr_max"]) else m
         seg = lrs[i:]
         valid = np.isfinite(seg)
         if not valid.any():
@@ -151,6 +153,8 @@ class Plateau(Detector):
         prev = np.concatenate(([np.nan if last_lr is None else last_lr], np.where(pos >= 0, seg[pos], np.nan)[:-1]))
         with np.errstate(invalid="ignore"):
             event = valid & ((seg > prev) | (seg < lr_ref * (1.0 - self.lr_drop)))
+        if lr_ref < _COLLAPSED * st["lr_max"]:  # collapsed: only a rise restarts patience
+            event = valid & (seg > prev)
         return i + int(np.argmax(event)) if event.any() else m
 
     def _fast(self, st: dict[str, Any], steps: Any, arr: np.ndarray, lr: Any, key: str, out: list[Finding]) -> int:
@@ -238,7 +242,7 @@ class Plateau(Detector):
                 if last_lr is not None and lr > last_lr:
                     restart = "rose"
                     lr_ref = lr
-                elif lr_ref is None or lr < lr_ref * keep:
+                elif lr_ref is None or (lr < lr_ref * keep and not lr_ref < _COLLAPSED * st["lr_max"]):
                     if lr_ref is not None:
                         restart = f"dropped from {num(lr_ref)} to {num(lr)}"
                     lr_ref = lr
@@ -294,7 +298,6 @@ class Plateau(Detector):
         """The verdict at a history checkpoint (state in ``st``; ``n``, ``e``, ``ed``, ``p``, ``cum``: the
         accumulators after the point at step ``s``)."""
         sign = 1.0 if self.mode == "min" else -1.0
-        a = alpha_of(self.window)
         min_delta, dev, rate, ratio = self.min_delta, self.deviations, self.rate, self.ratio
         pmin, pmax, share = self.min_patience, self.patience, self.share
         hs, hc, hn = st["hs"], st["hc"], st["hn"]
@@ -323,8 +326,11 @@ class Plateau(Detector):
         if lo is None or m2 < lo:
             st["lo"] = lo = m2
         noise = dev * sigma * math.sqrt(1.0 / c1 + 1.0 / c2)
-        jump = noise + dev * sigma * math.sqrt(a / (2.0 - a))  # the EMA's own noise on top
-        if m1 - m2 >= noise or m2 - m1 >= noise or e / (1.0 - p) - m2 >= jump or m2 - lo >= 3.0 * noise:
+        # the latest quarter span against the last span: a rise at the end (the EMA would still carry the
+        # fall before the span when its window is longer than the span)
+        mq, cq = _mean(hs, hc, hn, s - 0.25 * span, cum, n)
+        late = mq is not None and mq - m2 >= dev * sigma * math.sqrt(1.0 / cq + 1.0 / c2)
+        if m1 - m2 >= noise or m2 - m1 >= noise or late or m2 - lo >= 3.0 * noise:
             st["cand"] = None  # improving or rising beyond its noise: no stall
             return
         m0, c0 = _mean(hs, hc, hn, s - 3.0 * span, None, None, s - 2.0 * span)
@@ -346,7 +352,7 @@ class Plateau(Detector):
         onset = int(s - 2.0 * span)
         # still far above its start, or its LR collapsed (< 0.1 % of its peak: not a schedule's drop)
         high = (start_level is not None and abs(m2) > self.level * abs(start_level)) or (
-            last_lr is not None and st["lr_max"] is not None and last_lr < 1e-3 * st["lr_max"])
+            last_lr is not None and st["lr_max"] is not None and last_lr < _COLLAPSED * st["lr_max"])
         flat = m1 - m2 < need
         stuck = (never and flat) or (high and gain > rate and slowed and m1 - m2 < ratio * (m0 - m1))
         if stuck and st.get("cand") is None:

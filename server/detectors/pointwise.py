@@ -105,8 +105,9 @@ class Spike(Detector):
     absolute deviations beyond the baseline. The alert fires when ``min_points`` of the last
     ``min_points + 2`` points exceed (3 of 5 by default: the 5-point median is above the threshold,
     so one huge minibatch, which heavy-tailed noise produces, is not a spike), with the onset at the
-    first exceeding point; with ``single_rtol`` > 0 a single point beyond ``single_rtol`` × |baseline|
-    fires at once. It resolves when a fast EMA (10-point span) of the points since onset is back
+    first exceeding point; with ``single_rtol`` > 0 a single point beyond ``single_rtol`` × |baseline|,
+    ``single_deviations`` mean absolute deviations and ``single_floor`` × the first loss fires at once.
+    It resolves when a fast EMA (10-point span) of the points since onset is back
     below the baseline plus half the relative jump: a smoothed test, so one low noisy point does not
     end it. When it has not recovered ``recovery`` steps after onset it escalates: the spike alert is
     superseded by a critical ``divergence`` finding and the baseline is learned anew.
@@ -120,7 +121,10 @@ class Spike(Detector):
         rtol: relative jump over the baseline (0.9: 1.9× the EWMA baseline, about 2× the median).
         deviations: jump in mean absolute deviations (3: only matters for very noisy series).
         min_points: exceeding points among the last ``min_points + 2`` before firing.
-        single_rtol: a single point this far above fires at once (0: off; 9.0 is Megatron's 10× rule).
+        single_rtol: a single point this far above fires at once, at ``single_severity`` (0: off; 2.5 is
+            3.5× the baseline; Megatron's rule is 9.0, 10×).
+        single_deviations: ... and this many mean absolute deviations above it (the series' own noise).
+        single_floor: ... and this share of the run's first loss above it (near-zero losses).
         recovery: steps after onset within which the series must recover, else escalate.
         warmup: points learned per segment before the rule can fire.
         finite_only: skip NaN/±Inf (the ``non_finite`` rule reports them); False counts them as exceeding.
@@ -134,7 +138,9 @@ class Spike(Detector):
     rtol: float = 0.9
     deviations: float = 6.0
     min_points: int = 3
-    single_rtol: float = 9.0
+    single_rtol: float = 2.5
+    single_deviations: float = 20.0
+    single_floor: float = 0.25
     single_severity: str = "info"
     floor: float = 0.1
     recovery: int = 500
@@ -148,6 +154,8 @@ class Spike(Detector):
         check_float(self, "deviations", 0.0)
         check_int(self, "min_points", 1)
         check_float(self, "single_rtol", 0.0)
+        check_float(self, "single_deviations", 0.0)
+        check_float(self, "single_floor", 0.0)
         check_choice(self, "single_severity", ("info", "warning", "critical"))
         check_float(self, "floor", 0.0)
         check_int(self, "recovery", 1)
@@ -213,6 +221,7 @@ class Spike(Detector):
         active = st["active"]
         k, ex, span = st.get("k", 0), st.setdefault("ex", []), self.min_points + 2
         floor = self.floor * abs(st.get("l0") or 0.0)
+        sdev, sfloor = self.single_deviations, self.single_floor * abs(st.get("l0") or 0.0)
         for s, v in zip(steps, values, strict=True):
             if v - v == 0.0:
                 y = sign * v
@@ -253,6 +262,7 @@ class Spike(Detector):
                 if n == 0 and st.get("l0") is None:  # the run's first level: a jump below `floor` of it is noise
                     st["l0"] = y
                     floor = self.floor * abs(y)
+                    sfloor = self.single_floor * abs(y)
                 n += 1
                 em = b * em + a * y
                 p *= b
@@ -270,7 +280,9 @@ class Spike(Detector):
             if y > thr:
                 ex.append([k, s])
                 many = len(ex) >= self.min_points
-                if many or (single > 0.0 and y > m + max(single * am, dev * d, floor)):
+                # a single batch: far above the baseline in all three senses (ratio, its own noise, the
+                # run's scale), so the heavy tail of healthy minibatch losses stays below it
+                if many or (single > 0.0 and y > m + max(single * am, sdev * d, sfloor, thr - m)):
                     active = True
                     st.update(
                         onset=ex[0][1], base=m, rec_level=m + 0.5 * min(thr - m, rtol * am), peak=y,

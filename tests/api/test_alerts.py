@@ -77,7 +77,11 @@ def test_healthy_noisy_run_raises_nothing(app: Any) -> None:
     v = healthy(6000, seed=3) * np.exp(0.15 * np.random.default_rng(1).standard_t(4, 6000))
     for i in range(0, 6000, 1000):
         send(app, rid, "train/loss", range(i, i + 1000), v[i : i + 1000])
-    assert app.get(f"/api/v1/runs/{rid}/alerts").json()["total"] == 0
+    alerts = app.get(f"/api/v1/runs/{rid}/alerts").json()["alerts"]
+    # Nothing to act on. A lone batch 3.5x above its baseline is reported, at info only (Student-t noise
+    # draws one at 6.4x here): the spike rule's single-batch report, never an alarm.
+    assert not [a for a in alerts if a["severity"] != "info"], alerts
+    assert all(a["rule"] == "spike" for a in alerts) and len(alerts) <= 1, alerts
 
 
 def test_silenced_rule_and_per_run_config(app: Any) -> None:

@@ -91,8 +91,13 @@ def test_heavy_tailed_healthy_run_has_no_false_alarm(noise, seed):
     values = _curve(N, seed, noise, 0.3 if noise == "lognormal" else 0.1)
     _, findings = _feed(values, context={"lr": _cosine_lr()})
     # heavy-tailed noise does make a few real (if small) spikes: 3 of 5 points at 2x the median, the
-    # benchmark's definition (bench/DETECTION.md); those may be reported, nothing else
-    assert [(f.rule, f.step) for f in findings if not _is_real_spike(values, f)] == []
+    # benchmark's definition (bench/DETECTION.md); those may be reported, and a lone extreme batch (a
+    # Student-t draw 4-5x the baseline) at most once as an info finding, not an alarm; nothing else
+    other = [f for f in findings if not _is_real_spike(values, f)]
+    single = [f for f in other if f.rule == "spike" and f.severity == "info"]
+    assert [(f.rule, f.step) for f in other if f not in single] == []
+    assert len([f for f in single if f.action == "fire"]) <= 1
+    assert all(f.details.get("single_batch") for f in single if f.action == "fire")
 
 
 def _is_real_spike(values: np.ndarray, f: Any) -> bool:
@@ -350,6 +355,105 @@ def test_no_misalignment_when_they_move_together(seed):
     steps = [500 * (i + 1) for i in range(30)]
     _, findings = _feed(metric, steps, key="val/mAP50-95", kind="metric", context={"loss": loss.tolist()}, batch=3)
     assert findings == []
+
+
+# --- issue 10: single batches, a collapsed LR, sharp overfitting, a label-mapping jump --------------------
+
+
+def _quiet_curve(n: int, seed: int = 4, sigma: float = 0.05) -> np.ndarray:
+    """A healthy decaying loss with mild (lognormal) batch noise."""
+    return _curve(n, seed=seed, noise="none") * np.random.default_rng(seed).lognormal(0.0, sigma, n)
+
+
+@pytest.mark.parametrize(("factor", "fires"), [(4.0, True), (3.0, False)])
+def test_single_batch_past_3_5x_its_baseline_is_an_info_spike(factor, fires):
+    values = _quiet_curve(3000)
+    values[2500] *= factor  # one bad batch that returns at once
+    _, findings = Spike().run(None, list(range(3000)), values.tolist(), key="train/loss")
+    fired = [(f.step, f.severity, f.details.get("single_batch")) for f in findings if f.action == "fire"]
+    assert fired == ([(2500, "info", True)] if fires else [])
+
+
+def test_single_batch_on_a_near_zero_loss_is_not_reported():
+    # a loss at 1 % of where it started: a 5x batch is far outside its noise but 0.25 of the first loss is
+    # not reached; with no floor it is reported
+    values = 0.02 + 2.0 * np.exp(-np.arange(3000) / 40.0)
+    values = values * np.random.default_rng(5).lognormal(0.0, 0.02, 3000)
+    values[2500] *= 5.0
+    _, findings = Spike().run(None, list(range(3000)), values.tolist(), key="train/loss")
+    assert [f for f in findings if f.action == "fire"] == []
+    _, findings = Spike(single_floor=0.0, floor=0.0).run(None, list(range(3000)), values.tolist(), key="train/loss")
+    assert [(f.step, f.severity) for f in findings if f.action == "fire"] == [(2500, "info")]
+
+
+def _collapse(n: int, at: int, collapsed: bool) -> tuple[list[float], list[float]]:
+    """A loss that falls fast until ``at``; then flat (the LR cut to 1e-4x, collapsed) or still falling;
+    a cosine schedule throughout."""
+    t = np.arange(n)
+    lr = 1e-3 * 0.5 * (1 + np.cos(math.pi * t / n))
+    fall = 0.3 + 1.7 * np.exp(-t / 80.0)
+    if collapsed:
+        lr[at:] *= 1e-4
+        fall[at:] = fall[at]
+    noise = np.random.default_rng(6).lognormal(0.0, 0.05, n)
+    return (fall * noise).tolist(), lr.tolist()
+
+
+def test_plateau_when_the_lr_collapses_under_a_decaying_schedule():
+    # the schedule keeps decaying the collapsed LR by more than `lr_drop` every few steps: those falls are
+    # no planned drops, so patience runs and the stuck run is found
+    values, lr = _collapse(1500, 200, collapsed=True)
+    _, findings = _feed(values, context={"lr": lr}, config=CFG.merge({"spike": False}))
+    fired = _only(findings, "plateau", "fire")
+    assert len(fired) == 1 and 200 <= fired[0].step <= 900
+    values, lr = _collapse(1500, 200, collapsed=False)
+    _, findings = _feed(values, context={"lr": lr}, config=CFG.merge({"spike": False}))
+    assert _only(findings, "plateau") == []
+
+
+def _feed_val(val, train, **params):
+    steps, v, t = _evals(val, train)
+    config = CFG.merge({"overfitting": params}) if params else CFG
+    _, findings = _feed(v, steps, key="val/loss", context={"train_loss": t}, batch=1, config=config)
+    return [f.step for f in _only(findings, "overfitting", "fire")]
+
+
+def test_sharp_overfitting_fires_at_its_second_evaluation():
+    val = [2.0, 1.6, 1.4, 1.35, 1.34, 1.6, 2.4, 2.6, 2.8]
+    train = [2.0, 1.5, 1.2, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+    # 2.4 is beyond 3 margins of the best: it counts twice, so the rule fires at the second evaluation
+    assert _feed_val(val, train) == [7000]
+    assert _feed_val(val, train, strong=1000.0) == [8000]
+
+
+def test_no_overfitting_for_a_tiny_rise_after_a_large_fall():
+    # a long quiet stretch (the noise of the early fall forgotten), then a creep of 0.027 -> 0.031: beyond
+    # 2 % and beyond the evaluations' noise, but 0.2 % of the fall from 2.0
+    val = [2.0, 0.5, 0.1, 0.03] + [0.027] * 30 + [0.028, 0.029, 0.030, 0.031]
+    train = np.geomspace(2.0, 0.001, len(val)).tolist()
+    assert _feed_val(val, train) == []
+    assert _feed_val(val, train, giveback=0.0) == [36000]  # 0.029 is beyond 3 margins: counts twice
+
+
+def _jump(metric_follows: bool) -> tuple[list[int], list[float], list[float]]:
+    """Evaluations of a loss that falls, jumps at evaluation 12 and is learned again, and of its metric:
+    collapsed from the jump on (a label-mapping bug) or back where it was (a spike that recovered)."""
+    rng = np.random.default_rng(3)
+    loss = np.concatenate([np.linspace(1.0, 0.5, 12), [3.0, 1.5, 0.8, 0.6, 0.5, 0.45, 0.42, 0.4]])
+    metric = np.concatenate([np.linspace(0.5, 0.8, 12), [0.1] * 8]) + 0.005 * rng.standard_normal(20)
+    if metric_follows:
+        metric[12:] = 0.8 + 0.005 * rng.standard_normal(8)
+    return [100 * (i + 1) for i in range(20)], metric.tolist(), loss.tolist()
+
+
+def test_misalignment_fires_within_3_evaluations_of_a_loss_jump():
+    steps, metric, loss = _jump(metric_follows=False)
+    _, findings = _feed(metric, steps, key="val/accuracy", kind="metric", context={"loss": loss}, batch=4)
+    fired = _only(findings, "misalignment", "fire")
+    assert len(fired) == 1 and steps[12] < fired[0].step <= steps[15]
+    steps, metric, loss = _jump(metric_follows=True)
+    _, findings = _feed(metric, steps, key="val/accuracy", kind="metric", context={"loss": loss}, batch=4)
+    assert _only(findings, "misalignment") == []
 
 
 def test_spearman():
