@@ -59,12 +59,13 @@ def replay(run: CorpusRun, config: RuleConfig, per_batch: int | None = None) -> 
     """All findings of the run fed in batches of ``per_batch`` logged iterations (None: the client's)."""
     per = per_batch or client_flush(run)
     kinds = {k: v[0] for k, v in run.series.items()}
+    lr_key = next((k for k, kind in kinds.items() if kind == "lr"), None)  # the server's: kind lr (learning_rate)
     total = run.length
     cuts = {k: np.searchsorted(run.pos[k], np.arange(0, total + per, per), side="left") for k in run.series}
     states: dict[str, Any] = {}
     findings: list[Finding] = []
     lr: float | None = None
-    for bi in range(len(cuts["train/loss"]) - 1):
+    for bi in range(len(cuts[run.key("train/loss")]) - 1):
         batch: dict[str, tuple[list[int], list[float]]] = {}
         for k, (_, st, v) in run.series.items():
             i, j = cuts[k][bi], cuts[k][bi + 1]
@@ -72,8 +73,8 @@ def replay(run: CorpusRun, config: RuleConfig, per_batch: int | None = None) -> 
                 batch[k] = (st[i:j].tolist(), v[i:j].tolist())
         if not batch:
             continue
-        if "lr" in batch:
-            lr = batch["lr"][1][-1]  # what the server passes: the lr row's last value after the batch
+        if lr_key in batch:
+            lr = batch[lr_key][1][-1]  # what the server passes: the lr row's last value after the batch
         states, found = evaluate_run(states, kinds, batch, config, lr=lr)
         findings.extend(found)
     return findings
@@ -128,14 +129,14 @@ def score_run(run: CorpusRun, fires: list[tuple[str, str, int, str]]) -> dict[st
     return res
 
 
-def _spike_recovered(findings: list[Finding], label_step: int) -> bool | None:
+def _spike_recovered(findings: list[Finding], label_step: int, key: str = "train/loss") -> bool | None:
     """Our verdict on a detected spike: its alert resolved (recovered) or escalated / still open."""
-    fire = next((f for f in findings if f.rule == "spike" and f.action == "fire" and f.key == "train/loss"
+    fire = next((f for f in findings if f.rule == "spike" and f.action == "fire" and f.key == key
                  and _in_window({"type": "spike", "step": label_step}, f.step)), None)
     if fire is None:
         return None
     for f in findings:
-        if f.rule == "spike" and f.key == "train/loss" and f.step >= fire.step and f.action in ("resolve", "escalate") \
+        if f.rule == "spike" and f.key == key and f.step >= fire.step and f.action in ("resolve", "escalate") \
                 and f is not fire:
             return f.action == "resolve" and not f.details.get("segment_reset")
     return False
@@ -189,7 +190,7 @@ def table(scored: list[tuple[CorpusRun, dict[str, Any], list[Finding]]]) -> list
             row["median_delay_evals"] = float(np.median(de)) if de else None
             row["within_3_evals_%"] = _pct(sum(d <= 3 for d in de), len(ents))
         if t == "spike":
-            judged = [(e, _spike_recovered(f, e["step"])) for r, s, f in scored for e in s["labels"]
+            judged = [(e, _spike_recovered(f, e["step"], e["key"])) for r, s, f in scored for e in s["labels"]
                       if e["type"] == "spike" and e["hit"] and e["recovered"] is not None]
             row["recovered_vs_not_told_apart_%"] = _pct(sum(p == e["recovered"] for e, p in judged), len(judged))
         if t == "plateau":
@@ -213,10 +214,10 @@ def anchor_table(runs: list[CorpusRun]) -> list[dict[str, Any]]:
     for name, (key, types, fn) in ANCHORS.items():
         per_run = {}
         for r in runs:
-            if key not in r.series:
+            if r.key(key) not in r.series:
                 per_run[r.id] = []
                 continue
-            _, st, v = r.series[key]
+            _, st, v = r.series[r.key(key)]
             per_run[r.id] = fn(st, v)
         fa = sum(len(per_run[r.id]) for r in runs if r.label is None)
         free = _pct(sum(1 for r in runs if r.label is None and not per_run[r.id]),
@@ -224,7 +225,7 @@ def anchor_table(runs: list[CorpusRun]) -> list[dict[str, Any]]:
         for t in types:
             hits, delays, tp, fp, n = 0, [], 0, 0, 0
             for r in runs:
-                lbs = [lb for lb in r.labels() if lb["type"] == t and (t != "non_finite" or lb["key"] == key)]
+                lbs = [lb for lb in r.labels() if lb["type"] == t and (t != "non_finite" or lb["key"] == r.key(key))]
                 n += len(lbs)
                 used = set()
                 for lb in lbs:
@@ -301,6 +302,9 @@ def measure(quick: bool = False) -> dict[str, Any]:
             f"{len(runs)} real torch trainings in {len({r.project for r in runs})} projects, "
             f"{sum(r.length for r in runs):,} training steps; labels are the injected causes "
             "(bench/corpus/train.py); held-out = bench/corpus/heldout.txt, fixed before tuning.",
+            "Framework curves (bench/corpus/frameworks.py): PyTorch Lightning and Hugging Face Trainer runs logged "
+            "by losswatch's integrations into a real server and read back with losswatch.Api, under the keys the "
+            "framework gives them (loss, eval_loss, eval_accuracy, train_ce...); added after tuning, all held out.",
             "Replayed through detectors.evaluate_run in the client's batches (50/100/250/625 steps per run), "
             "the run's latest LR per batch, as services/monitor.evaluate_batch does; rules with their defaults.",
             "Scoring rules: bench/DETECTION.md. recall_visible: labels whose cause showed in the curve "
@@ -313,6 +317,9 @@ def measure(quick: bool = False) -> dict[str, Any]:
         "tuning split": table(by["tuning"]),
         "anchors on the held-out split": anchor_table([r for r, _, _ in by["held-out"]]),
         "anchors on the tuning split": anchor_table([r for r, _, _ in by["tuning"]]),
+        "held-out: framework curves only (Lightning, Hugging Face Trainer)": table(
+            [x for x in by["held-out"] if x[0].meta.get("framework")]),
+        "held-out: hand-written loops only": table([x for x in by["held-out"] if not x[0].meta.get("framework")]),
         "batch invariance (1 step per request / client batches / one request)": invariance(
             runs, config, sample=12 if quick else None),
         "runs per split and label": [{"split and label": k, "runs": v} for k, v in sorted(counts.items())],

@@ -19,7 +19,8 @@ the dicts returned so far in this run).
 A missing module is noted and skipped; a section that raises gets its traceback in RESULTS.md and
 the others go on. RESULTS.md is rewritten after every section, so an interrupted run keeps what it
 measured. The raw figures go to bench/work/results.json; a run of some sections keeps the other
-sections' last figures from there, each labelled with the date and commit it was measured at.
+sections' last figures from there (or, on a fresh clone without it, reads them back from RESULTS.md),
+each labelled with the date and commit it was measured at.
 
 Rendering of a section's dict: ``title`` (str) replaces the heading, ``notes`` (str or list of str)
 become bullets, ``error`` (str) is shown in bold, a list of dicts becomes a table with one row per
@@ -37,6 +38,7 @@ import json
 import math
 import os
 import platform
+import re
 import sqlite3
 import subprocess
 import sys
@@ -459,11 +461,112 @@ def render(machine: dict[str, str], results: dict[str, Any], order: list[str], r
 
 
 def _load_previous() -> dict[str, Any]:
+    """The sections measured before: bench/work/results.json, and for any section it lacks (a fresh
+    clone has no bench/work/), the section as RESULTS.md shows it, read back from its Markdown."""
     try:
         data = json.loads(RESULTS_JSON.read_text())
     except (OSError, ValueError):
-        return {}
-    return data.get("sections", {}) if isinstance(data, dict) else {}
+        data = {}
+    sections = data.get("sections", {}) if isinstance(data, dict) else {}
+    try:
+        shown = sections_from_markdown(RESULTS_MD.read_text())
+    except OSError:
+        shown = {}
+    return {**{k: v for k, v in shown.items() if k not in sections}, **sections}
+
+
+def _cell(text: str) -> Any:
+    """A rendered value back to a value: numbers, yes/no, — (None); anything else stays text."""
+    t = text.strip().replace("\\|", "|")
+    if t == "—":
+        return None
+    if t in ("yes", "no"):
+        return t == "yes"
+    try:
+        return int(t.replace(",", "")) if re.fullmatch(r"-?[\d,]+", t) else float(t.replace(",", ""))
+    except ValueError:
+        return t
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def _tables(lines: list[str]) -> dict[str, Any]:
+    """A section's body (after its italic line) back to the dict render_data drew it from."""
+    data: dict[str, Any] = {}
+    target, notes, i = data, [], 0
+    pending_rows: str | None = None
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("### "):
+            target, pending_rows = {}, None
+            data[line[4:].strip()] = target
+        elif line.startswith("- "):
+            notes.append(line[2:])
+        elif line.startswith("**Error:** "):
+            target["error"] = line[len("**Error:** "):]
+        elif line.startswith("Skipped: "):
+            target["skipped"] = line[len("Skipped: "):]
+        elif line.endswith(":") and not line.startswith("|"):
+            pending_rows = line[:-1]
+        elif line.startswith("|"):
+            header = _cells(line)
+            body = []
+            i += 2
+            while i < len(lines) and lines[i].startswith("|"):
+                body.append(_cells(lines[i]))
+                i += 1
+            if header == ["figure", "value"]:
+                target.update({k: _cell(v) for k, v in body})
+            else:
+                rows = [{h: _cell(v) for h, v in zip(header, r, strict=False)} for r in body]
+                if pending_rows is not None:
+                    target[pending_rows], pending_rows = rows, None
+                else:  # a list of dicts under its own ### heading: the heading names it
+                    name = next(k for k, v in data.items() if v is target)
+                    data[name] = rows
+            continue
+        i += 1
+    if notes:
+        data = {"notes": notes, **data}
+    return data
+
+
+def sections_from_markdown(text: str) -> dict[str, Any]:
+    """RESULTS.md's sections as results.json holds them (data read back from the tables, with the
+    module, time, load, date and commit of the italic line), so a run of some sections on a fresh
+    clone keeps the others as they were."""
+    machine = dict(re.findall(r"^\| (date|git commit) \| (.*?) \|$", text, re.M))
+    module_alias = {module: alias for alias, (module, _) in MODULES.items()}
+    out: dict[str, Any] = {}
+    for block in re.split(r"^## ", text, flags=re.M)[1:]:
+        head, _, rest = block.partition("\n")
+        m = re.fullmatch(r"(.*) \(`([\w-]+)`\)", head.strip())
+        if not m:
+            continue
+        title, name = m.groups()
+        lines = [ln for ln in rest.splitlines() if ln.strip()]
+        if not lines or not lines[0].startswith("_bench/"):
+            continue
+        info = re.match(r"_bench/(\w+)\.py, ([\d.]+) s(?:, load average at its start ([^;_]+))?"
+                        r"(?:; from an earlier run: (.+), commit (\w+))?", lines[0])
+        if not info:
+            continue
+        module, seconds, load, date, commit = info.groups()
+        entry: dict[str, Any] = {"alias": module_alias.get(module, module), "module": module,
+                                 "seconds": float(seconds), "load": load or "", "run_id": "RESULTS.md",
+                                 "date": date or machine.get("date"), "commit": commit or machine.get("git commit")}
+        if len(lines) > 1 and lines[1] == "**This section failed:**":
+            entry["traceback"] = "\n".join(lines[3:-1])
+        else:
+            entry["data"] = _tables(lines[1:])
+            if list(entry["data"]) == ["skipped"]:
+                entry["skipped"] = entry.pop("data")["skipped"]
+            elif title != name:
+                entry["data"] = {"title": title, **entry["data"]}
+        out[name] = entry
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,6 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 HELDOUT = HERE / "heldout.txt"
-TRAIN_KEYS = ("train/loss", "grad_norm")
 
 
 @dataclass
@@ -40,10 +39,16 @@ class CorpusRun:
     def split(self) -> str:
         return "held-out" if self.heldout else "tuning"
 
+    def key(self, name: str) -> str:
+        """The run's own key for a canonical one: framework runs (bench/corpus/frameworks.py) keep the
+        names their framework logs (``loss`` / ``eval_loss`` from the Hugging Face Trainer)."""
+        keys = self.meta.get("keys") or {}
+        return {"train/loss": keys.get("train", name), "val/loss": keys.get("val_loss", name)}.get(name, name)
+
     @property
     def length(self) -> int:
         """Training iterations logged (a resume counts its re-logged steps again)."""
-        return int(self.series["train/loss"][1].shape[0])
+        return int(self.series[self.key("train/loss")][1].shape[0])
 
     @property
     def metric(self) -> str:
@@ -54,7 +59,8 @@ class CorpusRun:
         (a fact of the data: the first such step)."""
         out = []
         if self.label:
-            key = {"overfitting": "val/loss", "misalignment": self.metric}.get(self.label["type"], "train/loss")
+            key = {"overfitting": self.key("val/loss"), "misalignment": self.metric}.get(self.label["type"],
+                                                                                      self.key("train/loss"))
             out.append({**self.label, "key": key})
         for key, step in self.meta.get("first_non_finite", {}).items():
             out.append({"type": "non_finite", "step": step, "key": key, "cause": "fact", "visible": True})
@@ -83,6 +89,9 @@ def _positions(train_steps: np.ndarray, steps: np.ndarray) -> np.ndarray:
 
 def load_corpus(projects: list[str] | None = None) -> list[CorpusRun]:
     manifest = json.loads((DATA / "manifest.json").read_text())
+    for extra in sorted(DATA.glob("*.json")):  # the framework projects' runs (bench/corpus/frameworks.py)
+        if extra.name != "manifest.json":
+            manifest["runs"].update(json.loads(extra.read_text())["runs"])
     held = heldout_ids()
     runs: dict[str, CorpusRun] = {}
     for path in sorted(DATA.glob("*.npz")):
@@ -104,7 +113,9 @@ def load_corpus(projects: list[str] | None = None) -> list[CorpusRun]:
                     v = z[name].astype(np.float64)
                 run.series[key] = (kd, st, v)
     for run in runs.values():
-        train_steps = run.series["train/loss"][1]
+        train_key = run.key("train/loss")
+        train_steps = run.series[train_key][1]
         for key, (_, st, _) in run.series.items():
-            run.pos[key] = np.arange(st.shape[0]) if key in TRAIN_KEYS else _positions(train_steps, st)
+            every_step = key in (train_key, "grad_norm")
+            run.pos[key] = np.arange(st.shape[0]) if every_step else _positions(train_steps, st)
     return [runs[k] for k in sorted(runs)]

@@ -33,6 +33,9 @@ def _pick() -> list[CorpusRun]:
         kind = r.label["type"] if r.label else ("resumed" if r.meta.get("resume_at") else "healthy")
         if kind not in chosen and r.length <= 1500:
             chosen[kind] = r
+    # and the shortest problem run of each framework (their keys, cadence and bookkeeping series)
+    for project in ("lightning-blobs", "hf-blobs"):
+        chosen[project] = min((r for r in load_corpus([project]) if r.label), key=lambda r: r.length)
     return list(chosen.values())
 
 
@@ -42,6 +45,7 @@ RUNS = _pick()
 def replay(run: CorpusRun, sizes: list[int]) -> list[Finding]:
     """Feed ``run`` in batches of ``sizes[i % len(sizes)]`` logged iterations, as the server would."""
     kinds = {k: v[0] for k, v in run.series.items()}
+    lr_key = next((k for k, kind in kinds.items() if kind == "lr"), None)
     states: dict[str, Any] = {}
     out: list[Finding] = []
     lr = None
@@ -57,8 +61,8 @@ def replay(run: CorpusRun, sizes: list[int]) -> list[Finding]:
         a = b
         if not batch:
             continue
-        if "lr" in batch:
-            lr = batch["lr"][1][-1]
+        if lr_key in batch:
+            lr = batch[lr_key][1][-1]
         states, found = evaluate_run(states, kinds, batch, CFG, lr=lr)
         out += found
     return out
