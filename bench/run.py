@@ -599,10 +599,15 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     previous = {} if args.fresh or not args.sections else _load_previous()
     results: dict[str, Any] = dict(previous)
+    measured: set[str] = set()  # the sections this run wrote
     order = [s.name for s in sections] + [a for a in MODULES if a in problems]
     order += [n for n in previous if n not in order]
 
     def save() -> None:
+        if args.sections and not args.fresh:  # sections another run wrote meanwhile are kept, not overwritten
+            current = _load_previous()
+            results.update({k: v for k, v in current.items() if k not in measured})
+            order.extend(n for n in current if n not in order)
         RESULTS_JSON.write_text(json.dumps({"machine": machine, "sections": results}, indent=1, default=str))
         args.out.write_text(render(machine, results, order, run_id))
 
@@ -610,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     for alias, why in problems.items():
         if alias in chosen_aliases or not args.sections:
             results[alias] = {**base, "alias": alias, "module": MODULES[alias][0], "skipped": why, "seconds": 0}
+            measured.add(alias)
             if why.startswith("Traceback"):
                 results[alias] = {**results[alias], "skipped": None, "traceback": why}
     for section in chosen:
@@ -625,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
             print(entry["traceback"], file=sys.stderr, flush=True)
         entry["seconds"] = time.perf_counter() - t0
         results[section.name] = entry
+        measured.add(section.name)
         print(f"[bench] {section.name}: {entry['seconds']:.0f} s", flush=True)
         save()
     save()
