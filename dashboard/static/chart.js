@@ -83,8 +83,13 @@ export class Panel {
   flush() {
     if (!this.dirty) return;
     this.dirty = false;
-    this.render();
-    if (this.highlightWanted !== undefined) { const id = this.highlightWanted; this.highlightWanted = undefined; this.highlighted = undefined; this.highlight(id); }
+    this.forced = true; // off screen too: info() and the PNG ask for the panel as it is now
+    try {
+      this.render();
+      if (this.highlightWanted !== undefined) { const id = this.highlightWanted; this.highlightWanted = undefined; this.highlighted = undefined; this.highlight(id); }
+    } finally {
+      this.forced = false;
+    }
   }
 
   /** Pixels available for the plot: what the owner asks the server for, in buckets. Read from the
@@ -120,7 +125,7 @@ export class Panel {
 
   /** Draw with the current view: rebuild uPlot only when the series structure changed. */
   render() {
-    if (this.onscreen === false) { this.dirty = true; return; }
+    if (this.onscreen === false && !this.forced) { this.dirty = true; return; }
     const withData = this.runs.filter((r) => r.xs.length);
     this.empty.hidden = withData.length > 0;
     const smoothing = this.view.smoothing > 0;
@@ -392,7 +397,7 @@ export class Panel {
   /** Highlight one line (others dimmed), or none. Called by the owner for every panel. */
   highlight(id) {
     if (!this.u || this.opts.stacked || id === this.highlighted) return;
-    if (this.onscreen === false) { this.highlightWanted = id; this.dirty = true; return; }
+    if (this.onscreen === false && !this.forced) { this.highlightWanted = id; this.dirty = true; return; }
     this.highlighted = id;
     let idx = null;
     if (id !== null) {

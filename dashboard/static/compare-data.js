@@ -9,6 +9,42 @@ export function fetchRuns(ids) {
   return Promise.all(ids.map((id) => api(`/runs/${encodeURIComponent(id)}`).catch((err) => ({ __error: err, id }))));
 }
 
+/**
+ * Send the first /query of a view (state from compare-state.js): every key (or the state's), the state's
+ * step range, about as many buckets as a panel of a grid `total` px wide is wide. Returns {params,
+ * promise of {body, ms}}; a failure is left to whoever awaits the promise.
+ */
+export function startQuery(state, total) {
+  const gap = 14, min = 480; // .panel-grid in app.css: columns of at least 480 px, 14 px apart
+  const cols = Math.max(1, Math.floor((total + gap) / (min + gap)));
+  const width = Math.floor((total - gap * (cols - 1)) / cols) - 18;
+  const params = { run: state.runs, buckets: Math.max(100, Math.min(4000, width)) };
+  if (state.keys.length) params.key = state.keys;
+  if (state.start !== null && state.end !== null) { params.start = state.start; params.end = state.end; }
+  const t0 = performance.now();
+  const promise = api("/query", params).then((body) => ({ body, ms: performance.now() - t0 }));
+  promise.catch(() => {});
+  return { params, promise };
+}
+
+// What compare-early.js started for the page's URL, until the view takes it (once).
+let prefetched = null;
+let prefetchTaken = false;
+
+/** Start the page's first requests (the query and the run fetches) unless the view has already begun. */
+export function prefetch(state, total) {
+  if (prefetchTaken || !state.runs.length) return;
+  prefetched = { search: location.search, sent: performance.now(), query: startQuery(state, total), runs: fetchRuns(state.runs) };
+}
+
+/** What prefetch() started for this URL ({search, sent, query, runs}), or null; after this, prefetch() does nothing. */
+export function takePrefetched() {
+  prefetchTaken = true;
+  const pre = prefetched;
+  prefetched = null;
+  return pre && pre.search === location.search ? pre : null;
+}
+
 /** The runs of a project, newest first, for the "add runs" picker. */
 export async function fetchProjectRuns(project, name = "") {
   const body = await api(`/projects/${encodeURIComponent(project)}/runs`, { limit: 100, name: name || null });

@@ -12,7 +12,7 @@ import { el, clear, api, apiUrl, fetchAlerts, setStatus, runLabel, projectUrl, K
 import { Panel } from "./chart.js";
 import { PALETTE, assignColors } from "./palette.js";
 import { readState, stateQuery, X_MODES, AGGREGATES } from "./compare-state.js";
-import { fetchRuns, decodeSeries, stackPlan, fieldValue, valueLabel, compareValues, groupFields } from "./compare-data.js";
+import { fetchRuns, startQuery, takePrefetched, decodeSeries, stackPlan, fieldValue, valueLabel, compareValues, groupFields } from "./compare-data.js";
 import { valueSlots, runColors, panelLine, groupLine, stepToX, singleXRange } from "./compare-lines.js";
 import { renderChips, renderKeysPicker, renderExport, renderAddRuns, renderAlerts, renderSweep, renderYLimit } from "./compare-view.js";
 
@@ -157,9 +157,11 @@ export class Compare {
         return;
       }
       // The series query does not need the runs' metadata: send it now, alongside the run fetches.
-      const early = this._earlyQuery();
+      const pre = this._takePrefetched();
+      if (pre) this.marks.early = pre.sent;
+      const early = pre ? pre.query : this._earlyQuery();
       let alertsPromise = this.project ? this._fetchAlerts() : null;
-      const answers = await fetchRuns(this.state.runs);
+      const answers = await (pre ? pre.runs : fetchRuns(this.state.runs));
       this.marks.runs = performance.now();
       const missing = this._accept(answers);
       if (!this.runs.size) {
@@ -233,17 +235,13 @@ export class Compare {
 
   /** The first query, sent before the panels exist: all keys (or the URL's), buckets from the layout. */
   _earlyQuery() {
-    const total = this.panelBox.clientWidth || this.root.clientWidth || 1000;
-    const gap = 14, min = 480;
-    const cols = Math.max(1, Math.floor((total + gap) / (min + gap)));
-    const width = Math.floor((total - gap * (cols - 1)) / cols) - 18;
-    const params = { run: this.state.runs, buckets: Math.max(100, Math.min(4000, width)) };
-    if (this.state.keys.length) params.key = this.state.keys;
-    if (this.zoomed()) { params.start = this.state.start; params.end = this.state.end; }
-    const t0 = performance.now();
-    const promise = api("/query", params).then((body) => ({ body, ms: performance.now() - t0 }));
-    promise.catch(() => {});
-    return { params, promise };
+    return startQuery(this.state, this.panelBox.clientWidth || this.root.clientWidth || 1000);
+  }
+
+  /** What compare-early.js sent for this URL while the page loaded ({sent, query, runs}), or null. */
+  _takePrefetched() {
+    const pre = takePrefetched();
+    return pre && this.urlState && !this.fixedRuns ? pre : null;
   }
 
   // ------------------------------------------------------------------------------------------
@@ -491,6 +489,8 @@ export class Compare {
       }
     }
     renderExport(this.exportBox, this.runs, this.viewKeys().map(([k]) => k));
+    // Every panel's width from one layout now, not one forced layout per panel while they are drawn.
+    for (const p of this._allPanels()) p.width();
   }
 
   _queryKeys() {
@@ -512,13 +512,55 @@ export class Compare {
     return this.state.start !== null && this.state.end !== null;
   }
 
-  /** Fetch every panel's buckets in one call, then redraw. */
+  /**
+   * Fetch the panels' buckets, then redraw. The keys of panels in or near the viewport come first, in one
+   * call, and are drawn as soon as they arrive; the keys of panels far outside it follow in a second call
+   * (those panels draw when they come near the viewport anyway). `settled()` waits for both.
+   */
   async refresh({ live = false, early = null } = {}) {
     const keys = this._queryKeys();
     if (!keys.length || !this.runs.size) { this._distribute(); return; }
     if (this.inflight) this.inflight.abort();
     const ctrl = new AbortController();
     this.inflight = ctrl;
+    const far = early ? new Set() : this._farKeys(keys);
+    const near = keys.filter((k) => !far.has(k));
+    let rest = null;
+    try {
+      if (!(await this._fetchKeys(near.length ? near : keys, ctrl, { live, early }))) return;
+      this._distribute();
+      if (near.length && far.size) {
+        const farPanels = this._allPanels().filter((p) => p.onscreen === false);
+        rest = this._fetchKeys([...far], ctrl, { live }).then((ok) => { if (ok) this._distribute(farPanels); }).finally(() => { if (this.inflight === ctrl) this.inflight = null; });
+        this.backfill = rest;
+      }
+    } finally {
+      if (!rest && this.inflight === ctrl) this.inflight = null;
+    }
+  }
+
+  /** Resolves once the data of every panel has arrived (the far panels' call included). */
+  async settled() {
+    while (this.backfill) {
+      const b = this.backfill;
+      await b;
+      if (this.backfill === b) this.backfill = null;
+    }
+  }
+
+  /** Keys only panels far outside the viewport show: fetched after the others. */
+  _farKeys(keys) {
+    const near = new Set();
+    for (const p of this._allPanels()) {
+      if (p.onscreen === false) continue;
+      if (p.opts.stacked) { for (const k of p.opts.plan.comps) near.add(k); if (p.opts.plan.total) near.add(p.opts.plan.total); }
+      else near.add(p.key);
+    }
+    return new Set(keys.filter((k) => !near.has(k)));
+  }
+
+  /** One /query call for `keys`; its series replace those keys' series. False when aborted or failed. */
+  async _fetchKeys(keys, ctrl, { live = false, early = null } = {}) {
     let params = { run: [...this.runs.keys()], key: keys, buckets: this.buckets() };
     if (this.zoomed()) { params.start = this.state.start; params.end = this.state.end; }
     // The early query covers what is needed unless it named keys and the stack panel needs more,
@@ -534,18 +576,21 @@ export class Compare {
         body = await api("/query", params, { signal: ctrl.signal });
       }
     } catch (err) {
-      if (err.name === "AbortError") return;
+      if (err.name === "AbortError") return false;
       if (!live) setStatus(this.statusLine, "Could not load the series: " + err.message, "error");
-      return;
-    } finally {
-      if (this.inflight === ctrl) this.inflight = null;
+      return false;
     }
+    if (ctrl.signal.aborted) return false;
     if (earlyMs !== null) t0 = performance.now() - earlyMs;
     const ms = performance.now() - t0;
     this.queries.push({ url: apiUrl("/query", params), ms, live, start: params.start ?? null, end: params.end ?? null,
-      buckets: params.buckets, at: performance.now() });
+      buckets: params.buckets, keys: params.key ? params.key.length : null, at: performance.now() });
     if (this.queries.length > 200) this.queries.splice(0, 100);
-    this.series.clear();
+    if (covered && !early.params.key) this.series.clear();
+    else {
+      const fetched = new Set(keys);
+      for (const [k, s] of this.series) if (fetched.has(s.key)) this.series.delete(k);
+    }
     for (const s of body.series || []) {
       if (!this.runs.has(s.run)) continue;
       const d = decodeSeries(s);
@@ -556,7 +601,7 @@ export class Compare {
       }
     }
     setStatus(this.statusLine, "");
-    this._distribute();
+    return true;
   }
 
   /** Origin of relative time: the run's start, or its first point when that is earlier (backfilled data). */
@@ -595,8 +640,8 @@ export class Compare {
     return view;
   }
 
-  /** Hand the fetched series to the panels as lines (no network). */
-  _distribute() {
+  /** Hand the fetched series to the panels (all, or `only` these) as lines (no network). */
+  _distribute(only = null) {
     const t0 = performance.now();
     const colors = this.runColors();
     const groups = this.groups();
@@ -639,6 +684,7 @@ export class Compare {
     this.xRange = xRange;
     const view = this._view();
     for (const [p, lines] of perPanel) {
+      if (only && !only.includes(p)) continue;
       p.setView({ ...view, xRange, ylim: this.state.ylim[p.key] || null });
       p.setData(lines, p.opts.stacked || groups ? [] : this._alertMarkers(p.key));
       if (this.highlighted) p.highlight(this.highlighted);
@@ -777,8 +823,10 @@ export function mountCompare(root, options) {
     compare,
     ready: compare.ready,
     info: () => compare.info(),
-    zoom: (start, end) => compare.zoomSteps(start, end).then(() => compare.info()),
-    resetZoom: () => compare.resetZoom().then(() => compare.info()),
+    /** Zoom; resolves once every panel has its data (the panels in view are redrawn before that). */
+    zoom: (start, end) => compare.zoomSteps(start, end).then(() => compare.settled()).then(() => compare.info()),
+
+    resetZoom: () => compare.resetZoom().then(() => compare.settled()).then(() => compare.info()),
     png: (i = 0) => compare._allPanels()[i].toCanvas().toDataURL("image/png"),
     /** Set a control as a user would (input/change event) and resolve after the next frame's redraw. */
     control: async (id, value) => {

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+import orjson
+from fastapi import APIRouter, Query, Request, Response
 
 from losswatch.client import wire
-from losswatch.server.api.deps import API_ERRORS, DB, Caller, JSONBytes, authorize_run
+from losswatch.server.api.deps import API_ERRORS, DB, Caller, authorize_run
 from losswatch.server.api.schemas import QueryResult
 from losswatch.server.services import query as query_service
 
@@ -23,8 +24,10 @@ def query(
     start: Annotated[int, Query(ge=0, le=wire.MAX_STEP)] = 0,
     end: Annotated[int, Query(ge=0, le=wire.MAX_STEP)] = wire.MAX_STEP,
     buckets: Annotated[int, Query(ge=1, le=query_service.MAX_BUCKETS)] = 1000,
-) -> JSONBytes:
+) -> Response:
     for rid in dict.fromkeys(run):
         authorize_run(request, caller, rid, "read")
     with db.read() as s:
-        return JSONBytes(query_service.query(s, run, key, start, end, buckets))
+        answer = query_service.query(s, run, key, start, end, buckets)
+    # The columns are numpy arrays: orjson writes them without a Python object per number.
+    return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")

@@ -6,7 +6,8 @@ multiples of their width. A width of 32 steps or more is answered from the chunk
 multiple of 64 steps (O(chunks) work, not O(points); at least half the buckets asked for); a finer one
 decodes the few chunks of the range. The chunks of many series are read in a few SELECTs (series
 that need the same chunk numbers together), not one per series: a sweep's 220 series cost a handful of
-round trips.
+round trips. What they return is decoded and bucketed for all the series at once (a few numpy calls over
+every chunk, not a dozen per series), and the answer's columns stay numpy arrays for orjson to write.
 """
 
 from __future__ import annotations
@@ -32,70 +33,94 @@ MAX_SERIES = 400
 FETCH_CHUNKS = 512
 
 
-def _nullable(arr: np.ndarray) -> list[float | None]:
-    out: list[float | None] = arr.tolist()
-    for i in np.flatnonzero(np.isnan(arr)).tolist():
-        out[i] = None
-    return out
-
-
 def _empty(run_id: str, s: Series, width: int) -> dict[str, Any]:
     return {"run": run_id, "key": s.key, "kind": s.kind, "width": width, "step": [], "last_step": [],
             "min": [], "max": [], "last": [], "count": [], "nonfinite": [], "wall": []}
 
 
-def _from_points(run_id: str, s: Series, p: chunks.Points, width: int) -> dict[str, Any]:
-    if width == 1:
-        finite = np.isfinite(p.values)
-        mm = np.where(finite, p.values, np.nan)
-        return {"run": run_id, "key": s.key, "kind": s.kind, "width": 1, "step": p.steps.tolist(),
-                "last_step": p.steps.tolist(), "min": _nullable(mm), "max": _nullable(mm),
-                "last": encode_floats(p.values), "count": [1] * len(p),
-                "nonfinite": (~finite).astype(np.int64).tolist(), "wall": (p.walls / 1e6).tolist()}
-    b = p.steps // width
-    starts = np.concatenate(([0], np.flatnonzero(b[1:] != b[:-1]) + 1))
-    ends = np.append(starts[1:], len(p)) - 1
-    finite = np.isfinite(p.values)
-    masked = np.where(finite, p.values, np.nan)
-    return {
-        "run": run_id, "key": s.key, "kind": s.kind, "width": width,
-        "step": p.steps[starts].tolist(), "last_step": p.steps[ends].tolist(),
-        "min": _nullable(np.fmin.reduceat(masked, starts)), "max": _nullable(np.fmax.reduceat(masked, starts)),
-        "last": encode_floats(p.values[ends]), "count": (ends - starts + 1).tolist(),
-        "nonfinite": np.add.reduceat((~finite).astype(np.int64), starts).tolist(),
-        "wall": (p.walls[ends] / 1e6).tolist(),
-    }
+class _Parts:
+    """Summaries in (series, step) order, each one a point or a 64-step roll-up record: the input of
+    :func:`_bucket`. ``owner`` is the index of the series (in the plan list) each one belongs to."""
+
+    def __init__(self, owner: np.ndarray, first: np.ndarray, last: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                 lastv: np.ndarray, lastwall: np.ndarray, count: np.ndarray | None, nonfinite: np.ndarray) -> None:
+        self.owner, self.first, self.last, self.lo, self.hi = owner, first, last, lo, hi
+        self.lastv, self.lastwall, self.count, self.nonfinite = lastv, lastwall, count, nonfinite
 
 
-def _from_rollups(rows: list[tuple[int, bytes]], run_id: str, s: Series, lo: int, hi: int, width: int) -> dict[str, Any]:
-    """Buckets of ``width`` (a multiple of the roll-up size) from the (chunk_no, rollup) rows of [lo, hi]."""
+def _points_parts(rows: list[tuple[int, Any]], lo: np.ndarray, hi: np.ndarray) -> _Parts | None:
+    """The points of the (owner, (chunk_no, steps, values, walls)) rows inside their owner's [lo, hi],
+    as one-point summaries."""
     if not rows:
-        return _empty(run_id, s, width)
-    # One buffer for all roll-ups: concatenating many small structured arrays is slow in numpy.
-    size = chunks.ROLLUP_DTYPE.itemsize
-    roll = np.frombuffer(b"".join([r[1] for r in rows]), chunks.ROLLUP_DTYPE)
-    base = np.repeat(np.array([r[0] for r in rows], np.int64) << chunks.CHUNK_SHIFT,
-                     [len(r[1]) // size for r in rows])
-    first = roll["first"].astype(np.int64) + base
-    last = roll["last"].astype(np.int64) + base
-    keep = (first >= lo) & (first <= hi)  # lo/hi are bucket-aligned, so sub-buckets fit whole
+        return None
+    p, counts = chunks.decode_many(np.fromiter((r[1][0] for r in rows), np.int64, len(rows)),
+                                   [r[1][1] for r in rows], [r[1][2] for r in rows], [r[1][3] for r in rows])
+    owner = np.repeat(np.fromiter((r[0] for r in rows), np.int64, len(rows)), counts)
+    keep = (p.steps >= lo[owner]) & (p.steps <= hi[owner])
     if not keep.all():
-        roll, first, last = roll[keep], first[keep], last[keep]
-    if roll.shape[0] == 0:
-        return _empty(run_id, s, width)
-    b = first // width
-    starts = np.concatenate(([0], np.flatnonzero(b[1:] != b[:-1]) + 1))
-    ends = np.append(starts[1:], roll.shape[0]) - 1
-    return {
-        "run": run_id, "key": s.key, "kind": s.kind, "width": width,
-        "step": first[starts].tolist(), "last_step": last[ends].tolist(),
-        "min": _nullable(np.fmin.reduceat(roll["min"], starts)),
-        "max": _nullable(np.fmax.reduceat(roll["max"], starts)),
-        "last": encode_floats(roll["lastv"][ends]),
-        "count": np.add.reduceat(roll["count"].astype(np.int64), starts).tolist(),
-        "nonfinite": np.add.reduceat(roll["nonfinite"].astype(np.int64), starts).tolist(),
-        "wall": (roll["lastwall"][ends] / 1e6).tolist(),
+        p, owner = chunks.Points(p.steps[keep], p.values[keep], p.walls[keep]), owner[keep]
+    finite = np.isfinite(p.values)
+    masked = p.values if finite.all() else np.where(finite, p.values, np.nan)
+    return _Parts(owner, p.steps, p.steps, masked, masked, p.values, p.walls, None, (~finite).astype(np.int64))
+
+
+def _rollup_parts(rows: list[tuple[int, Any]], lo: np.ndarray, hi: np.ndarray) -> _Parts | None:
+    """The 64-step roll-up records of the (owner, (chunk_no, rollup)) rows."""
+    if not rows:
+        return None
+    size = chunks.ROLLUP_DTYPE.itemsize
+    # One buffer for all roll-ups: concatenating many small structured arrays is slow in numpy.
+    roll = np.frombuffer(b"".join([r[1][1] for r in rows]), chunks.ROLLUP_DTYPE)
+    per = np.fromiter((len(r[1][1]) // size for r in rows), np.int64, len(rows))
+    base = np.repeat(np.fromiter((r[1][0] for r in rows), np.int64, len(rows)) << chunks.CHUNK_SHIFT, per)
+    owner = np.repeat(np.fromiter((r[0] for r in rows), np.int64, len(rows)), per)
+    first = roll["first"].astype(np.int64) + base
+    keep = (first >= lo[owner]) & (first <= hi[owner])  # lo/hi are bucket-aligned: sub-buckets fit whole
+    if not keep.all():
+        roll, base, owner, first = roll[keep], base[keep], owner[keep], first[keep]
+    return _Parts(owner, first, roll["last"].astype(np.int64) + base,
+                  roll["min"], roll["max"], roll["lastv"], roll["lastwall"], roll["count"].astype(np.int64),
+                  roll["nonfinite"].astype(np.int64))
+
+
+def _bucket(parts: _Parts | None, width: np.ndarray) -> dict[int, dict[str, Any]]:
+    """Buckets of every series at once: {owner: columns}. A summary belongs to the bucket of its first
+    step (widths of roll-ups are multiples of 64)."""
+    if parts is None:
+        return {}
+    n = parts.owner.shape[0]
+    if n == 0:
+        return {}
+    b = parts.first // width[parts.owner]
+    new = np.flatnonzero((b[1:] != b[:-1]) | (parts.owner[1:] != parts.owner[:-1])) + 1
+    if new.shape[0] == n - 1:  # one summary per bucket (width 1): nothing to reduce
+        starts = ends = np.arange(n)
+        mins, maxs, nonfinite = parts.lo, parts.hi, parts.nonfinite
+        count = np.ones(n, np.int64) if parts.count is None else parts.count
+    else:
+        starts = np.concatenate(([0], new))
+        ends = np.append(starts[1:], n) - 1
+        mins, maxs = np.fmin.reduceat(parts.lo, starts), np.fmax.reduceat(parts.hi, starts)
+        count = ends - starts + 1 if parts.count is None else np.add.reduceat(parts.count, starts)
+        nonfinite = np.add.reduceat(parts.nonfinite, starts)
+    # Columns stay numpy arrays, sliced per series (views), for orjson to write (a NaN min/max as null);
+    # only a `last` column holding NaN or ±Inf becomes a list, with those spelled out.
+    lastv = parts.lastv[ends]
+    cols: dict[str, Any] = {
+        "step": parts.first[starts], "last_step": parts.last[ends],
+        "min": np.ascontiguousarray(mins), "max": np.ascontiguousarray(maxs),  # roll-up fields are strided
+        "last": lastv if np.isfinite(lastv).all() else encode_floats(lastv),
+        "count": np.ascontiguousarray(count), "nonfinite": np.ascontiguousarray(nonfinite),
+        "wall": parts.lastwall[ends] / 1e6,
     }
+    owners = parts.owner[starts]
+    cut = np.flatnonzero(owners[1:] != owners[:-1]) + 1
+    bounds = np.concatenate(([0], cut, [owners.shape[0]])).tolist()
+    out = {}
+    for i, own in enumerate(owners[np.concatenate(([0], cut))].tolist()):
+        a, z = bounds[i], bounds[i + 1]
+        out[own] = {name: col[a:z] for name, col in cols.items()}
+    return out
 
 
 def bucket_width(lo: int, hi: int, buckets: int) -> int:
@@ -146,38 +171,31 @@ def _fetch(session: Session, columns: tuple[Any, ...], plans: list[tuple[Series,
     return out
 
 
-def _raw_points(rows: list[Any], lo: int, hi: int) -> chunks.Points:
-    """The points of [lo, hi] from (chunk_no, steps, values, walls) rows."""
-    parts = []
-    for chunk_no, steps, values, walls in rows:
-        p = chunks.decode(chunk_no, steps, values, walls)
-        if p.steps[0] < lo or p.steps[-1] > hi:
-            m = (p.steps >= lo) & (p.steps <= hi)
-            p = chunks.Points(p.steps[m], p.values[m], p.walls[m])
-        if len(p):
-            parts.append(p)
-    return chunks.concat(parts)
-
-
 def downsample(session: Session, found: list[tuple[str, Series]], start: int, end: int,
                buckets: int) -> list[dict[str, Any]]:
-    """The buckets of every (run id, series), in the order given, with a few batched reads."""
+    """The buckets of every (run id, series), in the order given: a few batched reads, then the
+    decoding and bucketing of all the series together (numpy over every chunk at once)."""
     plans = [_plan(s, start, end, buckets) for _, s in found]
-    coarse = [(s, p[0], p[1]) for (_, s), p in zip(found, plans, strict=True) if p and p[2] >= chunks.ROLLUP_STEPS]
-    fine = [(s, p[0], p[1]) for (_, s), p in zip(found, plans, strict=True) if p and p[2] < chunks.ROLLUP_STEPS]
-    rollups = _fetch(session, (Chunk.rollup,), coarse) if coarse else {}
-    raw = _fetch(session, (Chunk.steps, Chunk.values, Chunk.walls), fine) if fine else {}
+    coarse = [i for i, p in enumerate(plans) if p and p[2] >= chunks.ROLLUP_STEPS]
+    fine = [i for i, p in enumerate(plans) if p and p[2] < chunks.ROLLUP_STEPS]
+    lo = np.array([p[0] if p else 0 for p in plans], np.int64)
+    hi = np.array([p[1] if p else -1 for p in plans], np.int64)
+    width = np.array([p[2] if p else 1 for p in plans], np.int64)
+    done: dict[int, dict[str, Any]] = {}
+    for which, columns, parts_of in ((coarse, (Chunk.rollup,), _rollup_parts),
+                                     (fine, (Chunk.steps, Chunk.values, Chunk.walls), _points_parts)):
+        if not which:
+            continue
+        rows = _fetch(session, columns, [(found[i][1], int(lo[i]), int(hi[i])) for i in which])
+        done.update(_bucket(parts_of([(i, r) for i in which for r in rows.get(found[i][1].id, [])], lo, hi), width))
     out = []
-    for (run_id, s), plan in zip(found, plans, strict=True):
+    for i, ((run_id, s), plan) in enumerate(zip(found, plans, strict=True)):
         if plan is None:
             out.append(_empty(run_id, s, 1))
-            continue
-        lo, hi, width = plan
-        if width >= chunks.ROLLUP_STEPS:
-            out.append(_from_rollups(rollups.get(s.id, []), run_id, s, lo, hi, width))
-            continue
-        p = _raw_points(raw.get(s.id, []), lo, hi)
-        out.append(_empty(run_id, s, width) if len(p) == 0 else _from_points(run_id, s, p, width))
+        elif i not in done:
+            out.append(_empty(run_id, s, plan[2]))
+        else:
+            out.append({"run": run_id, "key": s.key, "kind": s.kind, "width": plan[2], **done[i]})
     return out
 
 
@@ -190,7 +208,9 @@ def query(
     session: Session, run_ids: list[str], keys: list[str], start: int = 0, end: int = wire.MAX_STEP,
     buckets: int = 1000,
 ) -> dict[str, Any]:
-    """Downsampled series for every (run, key) pair that exists; an unknown run is a 404."""
+    """Downsampled series for every (run, key) pair that exists; an unknown run is a 404. The columns
+    are numpy arrays (``last`` a list of wire values when it holds NaN or ±Inf), for orjson's numpy
+    option to write (a NaN min or max, a bucket without a finite value, as null)."""
     if not run_ids:
         raise InvalidRequest("name at least one run: ?run=<id>", code="invalid_query",
                              details=[{"loc": ["query", "run"], "msg": "field required"}])

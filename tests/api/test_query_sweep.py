@@ -67,3 +67,28 @@ def test_many_series_match_brute_force(client: Any, buckets: int, start: int, en
         want = brute_buckets(st[m], v[m], width)
         for field in want:
             assert s[field] == want[field], (s["run"], s["key"], field)
+
+
+def test_decode_many_matches_decoding_chunk_by_chunk() -> None:
+    # Dense (bitmap) and sparse (offset) steps, 32-bit wall deltas and raw 64-bit walls, mixed in one call.
+    rng = np.random.default_rng(7)
+    encoded, want = [], []
+    for no, (n, jump) in enumerate([(1000, False), (5, False), (700, True), (1, False), (63, False), (64, True)]):
+        offsets = np.sort(rng.choice(chunks.CHUNK_STEPS, n, replace=False)).astype(np.int64)
+        steps = (no << chunks.CHUNK_SHIFT) + offsets
+        walls = 1_700_000_000_000_000 + np.cumsum(rng.integers(1, 50_000, n))
+        if jump:  # a gap past 32 bits: stored as plain int64s
+            walls[n // 2:] += 2**33
+        values = rng.standard_normal(n)
+        values[::7] = np.nan
+        e = chunks.encode(chunks.Points(steps, values, walls))
+        encoded.append((no, e))
+        want.append(chunks.decode(no, e.steps, e.values, e.walls))
+    dense = [x for x in encoded if len(x[1].steps) == chunks.CHUNK_STEPS // 8]
+    for subset in (encoded, dense, encoded[:1], encoded[1:2]):  # mixed; bitmaps only; all fast paths; sparse
+        got, counts = chunks.decode_many(np.array([no for no, _ in subset]), [e.steps for _, e in subset],
+                                         [e.values for _, e in subset], [e.walls for _, e in subset])
+        expected = chunks.concat([want[no] for no, _ in subset])
+        assert counts.tolist() == [e.count for _, e in subset]
+        assert np.array_equal(got.steps, expected.steps) and np.array_equal(got.walls, expected.walls)
+        assert np.array_equal(got.values, expected.values, equal_nan=True)

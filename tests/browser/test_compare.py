@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -414,3 +415,59 @@ def test_config_diff_and_parameter_vs_metric(page: Page, api: httpx.Client, proj
     page.page.locator("#scatter-stat").select_option("last")
     assert page.page.locator("#scatter").get_attribute("data-points") == "3"
     page.shot("compare-sweep")
+
+
+# ------------------------------------------------------------------------------------------------
+# Speed (issue 11's goals): what the page sends first, and what a zoom waits for.
+
+
+def _query_keys(url: str) -> list[str]:
+    return parse_qs(urlsplit(url).query).get("key", [])
+
+
+@pytest.mark.browser
+def test_first_requests_leave_from_the_early_module_and_are_taken_over(page: Page, api: httpx.Client, project: str) -> None:
+    runs = [make_run(api, project, f"early-{i}", steps=300) for i in range(3)]
+    page.goto(f"/p/{project}/compare?runs={','.join(runs)}&smooth=0.5")
+    info = page.wait_ready()
+    # compare-early.js sent the series query and the run fetches; the view took them over, one query only.
+    assert info["marks"]["early"] < info["marks"]["start"]
+    sent = [q for q in info["queries"] if not q["live"]]
+    assert len(sent) == 1 and _query_keys(sent[0]["url"]) == []
+    requests = page.page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+    assert sum("/api/v1/query?" in r for r in requests) == 1
+    assert sum(f"/api/v1/runs/{runs[0]}" in r for r in requests) == 1
+    assert all(p["drawn"] or not p["runs"] for p in info["panels"])
+    assert info["state"]["smooth"] == 0.5
+
+
+@pytest.mark.browser
+def test_zoom_fetches_the_panels_in_view_first_and_the_far_ones_after(page: Page, api: httpx.Client,
+                                                                        project: str) -> None:
+    page.page.set_viewport_size({"width": 1280, "height": 420})
+    runs = [make_run(api, project, f"zoom-{i}", steps=6000, nan_at=3003 + i) for i in range(2)]
+    page.goto(f"/p/{project}/compare?runs={','.join(runs)}")
+    info = page.wait_ready()
+    coarse = {p["key"]: p["widths"][0] for p in info["panels"]}
+    far_seen = "window.__losswatch.compare.panels.filter(p => p.onscreen === false).map(p => p.key)"
+    deadline = time.monotonic() + 5
+    while not page.page.evaluate(far_seen):
+        assert time.monotonic() < deadline, "no panel is reported off screen"
+        page.page.wait_for_timeout(50)
+    far = set(page.page.evaluate(far_seen))
+    assert "val/mAP50-95" in far and "train/loss" not in far
+    # What a drag calls: it resolves once the panels in view are redrawn; settled() once every panel has data.
+    page.page.evaluate("window.__losswatch.compare.zoomSteps(2900, 3100)")
+    page.page.evaluate("window.__losswatch.compare.settled()")
+    # info() draws the panels off screen too (uPlot commits its scales a microtask later: poll).
+    info = page.wait_info(lambda i: all(p["xScale"] == [2900, 3100] for p in i["panels"] if p["runs"]))
+    near_q, far_q = [q for q in info["queries"] if q["start"] == 2900 and not q["live"]]
+    near_keys, far_keys = set(_query_keys(near_q["url"])), set(_query_keys(far_q["url"]))
+    # The far call carries only keys no panel in view shows (the stacked panel in view needs the components).
+    assert "val/mAP50-95" in far_keys <= far and not near_keys & far_keys
+    assert near_keys | far_keys == {"train/loss", "train/loss/box_weighted", "train/loss/cls_weighted", "val/mAP50-95"}
+    for p in info["panels"]:
+        if p["runs"] and not p["stacked"]:
+            assert max(p["widths"]) == 1 < coarse[p["key"]], p["key"]
+    assert _panel(info, "train/loss")["nonfinite"] == [1, 1]  # each run's NaN, at full resolution
+    assert _panel(info, "val/mAP50-95")["points"] == [1, 1]  # the evaluation at step 3000
