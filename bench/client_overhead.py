@@ -6,7 +6,9 @@
 is installed), while the client's background threads really batch and post to a sink server
 running in another process (so its parsing does not compete with the training thread). It also
 times a bare ``deque.append`` of the same tuple as a floor, and ``run.finish()`` (everything
-delivered). Times are microseconds per call; ``finish_s`` is seconds.
+delivered). Times are microseconds per call; ``finish_s`` is seconds. ``system_metrics_on_off(...)``
+times the same 3-scalar call with system metrics off and sampling every 0.1 s, in alternating blocks
+(issue 14: no added time on the training thread).
 
 ``end_to_end(...)`` logs 10 series x N steps as fast as possible into a real ``losswatch serve`` on
 SQLite until ``run.finish()`` returns with every point stored, beside plain ``sqlite3`` executemany
@@ -120,6 +122,38 @@ def background_cpu(url: str, n_steps: int, spool_dir: str, name: str) -> dict[st
             "background_cpu_s_per_million_points": (total - main) / points * 1e6}
 
 
+def system_metrics_on_off(losswatch: Any, url: str, spool_dir: str, n_steps: int, blocks: int = 12) -> dict[str, Any]:
+    """``run.log()`` of 3 scalars with system metrics off and on, in alternating blocks (off, on, on,
+    off, ...) so that drift falls on both alike. Between two calls the loop sleeps 100 µs, as a training
+    step leaves the GIL to its kernels, and "on" samples every 0.1 s instead of the default 10 s: the
+    sampler thread (CPU, RSS and, with a GPU, its memory) really works while the calls are timed, and
+    each sample is a request of the sender thread (100 times the default rate)."""
+    per_block = max(500, n_steps // blocks)
+    gap = time.sleep
+    times: dict[str, list[int]] = {"off": [], "on": []}
+    samples = 0
+    scalars = lambda i: {"train/loss": 1.0 / (i + 1), "train/loss/box": 0.5 / (i + 1), "lr": 3e-4}  # noqa: E731
+    for block in range(blocks):
+        for arm in (("off", "on") if block % 2 == 0 else ("on", "off")):
+            run = losswatch.init(project="bench", name=f"system-metrics-{arm}", url=url, spool_dir=spool_dir,
+                                 system_metrics=0.1 if arm == "on" else False)
+            _time_calls(run.log, scalars, 200)  # warm up
+            gc.collect()
+            times[arm] += _time_calls(lambda d, i, run=run: run.log(d, step=i),  # the gap is in make(i), untimed
+                                      lambda i: (gap(0.0001), scalars(i))[1], per_block)
+            if run._system is not None:
+                samples += run._system.samples
+            run.finish()
+    off_p50, off_p99 = _percentiles(times["off"])
+    on_p50, on_p99 = _percentiles(times["on"])
+    return {
+        "system_metrics_off_median_us": off_p50, "system_metrics_off_p99_us": off_p99,
+        "system_metrics_on_median_us": on_p50, "system_metrics_on_p99_us": on_p99,
+        "system_metrics_on_off_median_ratio": on_p50 / off_p50 if off_p50 else None,
+        "system_metrics_samples_while_timed": samples,
+    }
+
+
 def end_to_end(n_steps: int = 200_000, work_dir: Path | None = None) -> dict[str, Any]:
     """The real client into a real server on SQLite, beside plain executemany of the same rows."""
     import shutil
@@ -197,6 +231,8 @@ def measure(n_steps: int = 10000, quick: bool = False, work_dir: Path | None = N
                 result["tensors_median_us"], result["tensors_p99_us"] = _percentiles(ns)
                 run.finish()
                 result["tensors_points_sent"] = run.stats["sent_points"]
+
+            result.update(system_metrics_on_off(losswatch, url, spool_dir, n_steps))
 
             # The client's background threads alone, against the sink (no server cost in the figure).
             sink_cpu = background_cpu(url, 20_000 if quick else 100_000, spool_dir, "client-cpu")

@@ -10,8 +10,7 @@ falls on both arms alike; a first pair warms up and is not counted:
 
 - **Lightning**: the loop of tests/integrations/test_lightning.py (its ``Tiny`` module, data and trainer
   options, CPU), 40 epochs instead of 3 (320 batches, about a second) so that the fixed cost of a run
-  (start, and ``finish()`` waiting for the last batch and the finish to be answered: about 10-20 ms with
-  a local server) is not most of the figure; with losswatch = ``LosswatchLogger`` +
+  (start and end) is not most of the figure; with losswatch = ``LosswatchLogger`` +
   ``LosswatchCallback`` (every batch), without = ``logger=False`` and no callback.
 - **Ultralytics**: the loop of tests/integrations/test_ultralytics.py (YOLO11n from its yaml on the
   generated tiny dataset, CPU, 2 epochs with validation), in ``.venv-ultralytics``; with losswatch
@@ -19,9 +18,19 @@ falls on both arms alike; a first pair warms up and is not counted:
 
 The time of one loop is ``trainer.fit()`` / ``model.train()`` as the user calls it, so it includes
 starting the run, the per-batch callbacks, the background threads' work competing for the GIL and
-the cores, and ``finish()`` (everything delivered). Reported per framework: the median wall time with
-and without, the median of the per-pair ratios (and each pair's ratio), the process CPU time, and the
-points the server stored for each run with the batches the trainer ran (every batch delivered).
+the cores, and the end of the run. Lightning's logger ends its run with ``finish(wait=False)``: fit()
+returns while the sender delivers the last batch and the status (a script that ends there waits for
+them at exit); the worker then waits for that delivery outside the timed loop
+(``median_s_delivery_after_fit``), so that it does not fall on the next loop. Reported per framework:
+the median wall time with and without, the median of the per-pair ratios (and each pair's ratio), the
+process CPU time, and the points the server stored for each run with the batches the trainer ran
+(every batch delivered).
+
+Wall-time ratios on a shared 2-core machine are noisy, so the Lightning worker also times each part
+of the integration alone (``alone_*``, medians of 2,000 calls at batch 100 of a real fit): the
+gradient-norm hook, the batch-end hook, ``log_metrics`` (every 3rd batch here), the run's start and its
+end; ``alone_training_thread_pct_of_loop`` is their sum over a run against the loop without losswatch.
+That leaves out the background threads' share of the GIL and Lightning's own work for having a logger.
 
 The workers are this file run as a script (``python integrations_bench.py worker lightning|yolo ...``).
 """
@@ -87,13 +96,16 @@ def _worker(python: Path, framework: str, url: str, work: Path, seconds: float, 
 def _summary(url: str, data: dict[str, Any], loss_key: str) -> dict[str, Any]:
     timed = [t for t in data["trials"] if not t.get("warmup")]
     pairs: list[float] = []
-    by_rep: dict[int, dict[str, float]] = {}
+    thread_pairs: list[float] = []
+    by_rep: dict[int, dict[str, dict[str, Any]]] = {}
     for t in timed:
-        by_rep.setdefault(t["rep"], {})[t["arm"]] = t["seconds"]
+        by_rep.setdefault(t["rep"], {})[t["arm"]] = t
     for rep in sorted(by_rep):
         arms = by_rep[rep]
         if "with" in arms and "without" in arms:
-            pairs.append(arms["with"] / arms["without"])
+            pairs.append(arms["with"]["seconds"] / arms["without"]["seconds"])
+            if arms["with"].get("thread_cpu_s") and arms["without"].get("thread_cpu_s"):
+                thread_pairs.append(arms["with"]["thread_cpu_s"] / arms["without"]["thread_cpu_s"])
     with_s = [t["seconds"] for t in timed if t["arm"] == "with"]
     without_s = [t["seconds"] for t in timed if t["arm"] == "without"]
     with_cpu = [t["cpu_s"] for t in timed if t["arm"] == "with"]
@@ -111,7 +123,8 @@ def _summary(url: str, data: dict[str, Any], loss_key: str) -> dict[str, Any]:
         if not t.get("warmup"):
             stored.append(t["points_stored"])
     ratio = statistics.median(pairs) if pairs else None
-    return {
+    delivery = [t["delivery_after_fit_s"] for t in timed if "delivery_after_fit_s" in t]
+    out: dict[str, Any] = {
         "repetitions": len(pairs),
         "batches_per_run": timed[0]["batches"] if timed else None,
         "median_s_without": statistics.median(without_s) if without_s else None,
@@ -123,10 +136,21 @@ def _summary(url: str, data: dict[str, Any], loss_key: str) -> dict[str, Any]:
         "pair_ratios": [round(r, 4) for r in pairs],
         "median_cpu_s_without": statistics.median(without_cpu) if without_cpu else None,
         "median_cpu_s_with": statistics.median(with_cpu) if with_cpu else None,
+        "median_training_thread_cpu_ratio": statistics.median(thread_pairs) if thread_pairs else None,
         "points_stored_per_run": stored,
         "every_batch_delivered": delivered,
         "losswatch_warnings": data.get("losswatch_warnings", 0),
     }
+    if delivery:
+        out["median_s_delivery_after_fit"] = statistics.median(delivery)
+    parts = data.get("parts")
+    if parts and out["median_s_without"] and out["batches_per_run"]:
+        loop_us = out["median_s_without"] * 1e6
+        out.update({f"alone_{k}": v for k, v in parts.items()})
+        out["alone_per_batch_pct_of_batch"] = parts["per_batch_us"] / (loop_us / out["batches_per_run"]) * 100
+        training_thread_us = parts["per_batch_us"] * out["batches_per_run"] + (parts["run_start_ms"] + parts["run_end_ms"]) * 1000
+        out["alone_training_thread_pct_of_loop"] = training_thread_us / loop_us * 100
+    return out
 
 
 def measure(quick: bool = False, max_seconds: float = 300, work_dir: Path | None = None) -> dict[str, Any]:
@@ -148,15 +172,21 @@ def measure(quick: bool = False, max_seconds: float = 300, work_dir: Path | None
             "ratio = wall time with / without of one pair; median_ratio is the median over the pairs "
             f"(goal: at most {GOAL:.2f}). points_stored_per_run is read back from the server; "
             "every_batch_delivered: the loss series holds one point per batch the trainer ran.",
+            "median_training_thread_cpu_ratio: the same per-pair ratio of the CPU time of the thread that "
+            "called fit()/train() (the training thread; the client's threads and waits for the GIL left out), "
+            "less sensitive than wall time to the other work of a shared machine. alone_*: the Lightning "
+            "integration's parts timed alone on the training thread (medians of 2,000 calls at batch 100 of "
+            "a real fit; run_start_ms is losswatch.init as the logger calls it, run_end_ms the logger's "
+            "finalize, one call), and their sum over a run against the loop without losswatch.",
         ],
     }
     server = _Server(work)
     try:
-        share = max_seconds * (0.3 if ULTRA_PYTHON.exists() else 0.9)
+        share = max_seconds * (0.45 if ULTRA_PYTHON.exists() else 0.9)
         lit_work = work / "lightning"
         lit_work.mkdir(exist_ok=True)
         try:
-            data = _worker(BIN / "python", "lightning", server.url, lit_work, share, 1 if quick else 15,
+            data = _worker(BIN / "python", "lightning", server.url, lit_work, share, 1 if quick else 25,
                            ["--epochs", "2" if quick else "40"])
             result["lightning"] = _summary(server.url, data, "train/loss")
         except Exception as exc:  # noqa: BLE001 - report it, measure the other one
@@ -202,13 +232,14 @@ def _trials(run_one: Any, seconds: float, reps: int) -> list[dict[str, Any]]:
     return trials
 
 
-def _timed(fn: Any) -> tuple[float, float]:
+def _timed(fn: Any) -> tuple[float, float, float]:
+    """Wall seconds, process CPU seconds and the calling (training) thread's CPU seconds of ``fn()``."""
     import gc
 
     gc.collect()
-    c0, t0 = time.process_time(), time.perf_counter()
+    c0, m0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
     fn()
-    return time.perf_counter() - t0, time.process_time() - c0
+    return time.perf_counter() - t0, time.process_time() - c0, time.thread_time() - m0
 
 
 def _lightning_worker(url: str, work: Path, epochs: int) -> Any:
@@ -238,14 +269,93 @@ def _lightning_worker(url: str, work: Path, epochs: int) -> Any:
             trainer = L.Trainer(logger=logger, callbacks=[LosswatchCallback()], **common)
         else:
             trainer = L.Trainer(logger=False, **common)
-        seconds, cpu = _timed(lambda: trainer.fit(model, train, val))
-        out = {"seconds": seconds, "cpu_s": cpu, "batches": len(model.losses)}
+        seconds, cpu, thread_cpu = _timed(lambda: trainer.fit(model, train, val))
+        out = {"seconds": seconds, "cpu_s": cpu, "thread_cpu_s": thread_cpu, "batches": len(model.losses)}
         if logger is not None:
+            # fit() handed the end of the run to the background threads: wait for it here, outside the
+            # timed loop, so that this delivery does not fall on the next loop (a script that ends after
+            # fit() waits for it at exit)
+            t0 = time.perf_counter()
+            logger.experiment.finish()
+            out["delivery_after_fit_s"] = time.perf_counter() - t0
             out["run_id"] = logger.experiment.id
             out["stats"] = logger.experiment.stats
         return out
 
     return run_one
+
+
+def _lightning_hooks(url: str, work: Path, calls: int = 2000) -> dict[str, float]:
+    """The training thread's cost of the integration, each part timed alone (median of ``calls``
+    calls, in µs): the two per-batch callback hooks and ``log_metrics`` called again and again at
+    batch 100 of a real fit (the same trainer, module and tensors), and the run's start and end."""
+    import statistics as stats
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
+    from losswatch.integrations.lightning import LosswatchCallback, LosswatchLogger
+    from tests.integrations.test_lightning import Tiny, _data
+
+    def median_us(fn: Any) -> float:
+        for _ in range(200):
+            fn()
+        clock = time.perf_counter_ns
+        ns = []
+        for _ in range(calls):
+            t0 = clock()
+            fn()
+            ns.append(clock() - t0)
+        return stats.median(ns) / 1000
+
+    out: dict[str, float] = {}
+    callback = LosswatchCallback()
+
+    class Probe(Callback):
+        def on_before_optimizer_step(self, trainer: Any, module: Any, optimizer: Any) -> None:
+            if trainer.fit_loop.total_batch_idx == 100:
+                def step() -> None:
+                    callback.on_before_optimizer_step(trainer, module, optimizer)
+                    callback._grad_norm = None
+                out["grad_norm_hook_us"] = median_us(step)
+
+        def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, idx: int) -> None:
+            if trainer.fit_loop.total_batch_idx == 100:
+                out["batch_end_hook_us"] = median_us(
+                    lambda: callback.on_train_batch_end(trainer, module, outputs, batch, idx))
+                metrics = {"train/loss": 0.5, "epoch": 3.0}  # what Lightning hands at log_every_n_steps
+                out["log_metrics_us"] = median_us(lambda: logger.log_metrics(metrics, step=100))
+
+    torch.manual_seed(0)
+    starts = []
+    for _ in range(5):
+        logger = LosswatchLogger(project="bench-lightning-parts", url=url, spool_dir=work / "spool")
+        t0 = time.perf_counter()
+        logger.experiment  # noqa: B018 - the run starts (losswatch.init): what fit() does at its start
+        starts.append(time.perf_counter() - t0)
+        logger.experiment.finish()
+    logger = LosswatchLogger(project="bench-lightning-parts", url=url, spool_dir=work / "spool")
+    trainer = L.Trainer(max_epochs=15, accelerator="cpu", devices=1, log_every_n_steps=3, logger=logger,
+                        callbacks=[callback, Probe()], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=work)  # fmt: skip
+    finalize = logger.finalize
+    ends: list[float] = []
+
+    def timed_finalize(status: str) -> None:
+        t0 = time.perf_counter()
+        finalize(status)
+        ends.append(time.perf_counter() - t0)
+
+    logger.finalize = timed_finalize  # type: ignore[method-assign]
+    trainer.fit(Tiny(), _data(), _data(32, seed=1))
+    logger.experiment.finish()
+    out["run_start_ms"] = stats.median(starts) * 1000
+    out["run_end_ms"] = ends[0] * 1000 if ends else float("nan")
+    out["per_batch_us"] = out["grad_norm_hook_us"] + out["batch_end_hook_us"] + out["log_metrics_us"] / 3
+    return out
 
 
 def _yolo_worker(url: str, work: Path, epochs: int) -> Any:
@@ -275,12 +385,12 @@ def _yolo_worker(url: str, work: Path, epochs: int) -> Any:
             batches[0] += 1
 
         model.add_callback("on_train_batch_end", count)
-        seconds, cpu = _timed(lambda: model.train(
+        seconds, cpu, thread_cpu = _timed(lambda: model.train(
             data=str(data), epochs=epochs, imgsz=64, batch=4, nbs=4, device="cpu", workers=0, amp=False,
             plots=False, val=True, project=str(work / "runs"), name="train", exist_ok=True, verbose=False,
             seed=0, deterministic=True, cache=False,
         ))  # fmt: skip
-        out = {"seconds": seconds, "cpu_s": cpu, "batches": batches[0]}
+        out = {"seconds": seconds, "cpu_s": cpu, "thread_cpu_s": thread_cpu, "batches": batches[0]}
         if hooks is not None and hooks.run is not None:
             out["run_id"] = hooks.run.id
             out["stats"] = hooks.run.stats
@@ -304,7 +414,10 @@ def worker_main(argv: list[str]) -> int:
     make = _lightning_worker if args.framework == "lightning" else _yolo_worker
     run_one = make(args.url, args.work, args.epochs)
     trials = _trials(run_one, args.seconds, args.reps)
-    args.out.write_text(json.dumps({"framework": args.framework, "trials": trials}, default=str))
+    data: dict[str, Any] = {"framework": args.framework, "trials": trials}
+    if args.framework == "lightning":
+        data["parts"] = _lightning_hooks(args.url, args.work)
+    args.out.write_text(json.dumps(data, default=str))
     return 0
 
 

@@ -13,6 +13,9 @@ on a busy machine), then read through HTTP as a user's notebook does:
 - **history**: one series of 1,000,000 raw points (100,000 with ``--quick``), NaN and ±Inf among
   them; ``run.history(["train/loss"])`` pages through ``GET /runs/{id}/points`` into numpy arrays.
   Goal: ≤ 1.5 s. The arrays are checked bit for bit against what was sent.
+- **search_runs**: 1,000 more runs (project ``mlsearch``) with params, tags and metrics;
+  ``mlflow.search_runs`` with a metric filter and ``order_by`` through the real MLflow client. Goal: ≤ 1 s,
+  and the same runs in the same order as losswatch's REST list.
 - **should_stop**: a run with ``stop_on={"non_finite"}`` and the default ``flush_interval`` (2 s)
   logs a NaN; the time until ``run.should_stop`` is measured, five times. The alert is made while
   the server stores the batch and comes back in that request's answer, so the bound is the collector's
@@ -102,6 +105,7 @@ def _fill(path: Path, n_runs: int, n_points: int) -> float:
     for i in range(n_runs):
         ingest.ingest(db, f"r{i:06d}", wire.dumps(wire.batch(
             [wire.series_entry("val/mAP50-95", "metric", [0], [(i * 7919 % 1000) / 1000])])))
+    _fill_search(db, SEARCH_RUNS)
     values = _long_values(n_points)
     for i in range(0, n_points, 100_000):
         ingest.ingest(db, "long", wire.dumps(wire.batch(
@@ -109,6 +113,73 @@ def _fill(path: Path, n_runs: int, n_points: int) -> float:
                                values[i:i + 100_000])])))
     db.engine.dispose()
     return time.perf_counter() - t0
+
+
+SEARCH_RUNS = 1000  # issue 14's goal: mlflow.search_runs over 1,000 runs in at most 1 s
+SEARCH_FILTER = "metrics.`val/acc` > 0.5"
+SEARCH_ORDER = "metrics.`val/acc` DESC"
+
+
+def _fill_search(db: Any, n_runs: int) -> None:
+    """Project ``mlsearch``: ``n_runs`` runs with params (config), tags and, as metrics, ``val/acc`` (a
+    different last value per run, so that the order is one) and 20 steps of ``train/loss``."""
+    from losswatch.client import wire
+    from losswatch.server.api.schemas import RunCreate
+    from losswatch.server.services import ingest, runs
+
+    with db.write() as s:
+        for i in range(n_runs):
+            runs.create_run(s, "mlsearch", RunCreate(id=f"m{i:05d}", name=f"trial-{i}", tags=[f"fold={i % 5}"],
+                                                     config={"lr": 1e-4 * (1 + i % 13), "batch": 32 << (i % 3)}),
+                            create_project=True)
+    for i in range(n_runs):
+        acc = ((i * 7919) % n_runs) / n_runs
+        ingest.ingest(db, f"m{i:05d}", wire.dumps(wire.batch([
+            wire.series_entry("val/acc", "metric", [5, 10], [acc / 2, acc]),
+            wire.series_entry("train/loss", "loss", list(range(20)), [1.0 / (s + 1 + i) for s in range(20)]),
+        ])))
+
+
+def _search_runs(url: str) -> dict[str, Any]:
+    """``mlflow.search_runs`` with a metric filter and order_by over SEARCH_RUNS runs (the real MLflow
+    client against the running server), beside losswatch's REST list with the same sort, filtered
+    the same way; median of 3 after a warm-up."""
+    import os
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(url)
+    exp = MlflowClient().get_experiment_by_name("mlsearch")
+    assert exp is not None
+    got: dict[str, Any] = {}
+
+    def search() -> None:
+        got["df"] = mlflow.search_runs(experiment_ids=[exp.experiment_id], filter_string=SEARCH_FILTER,
+                                       order_by=[SEARCH_ORDER])
+
+    search_s = _median(search)
+    df = got["df"]
+    rest: list[dict[str, Any]] = []
+    offset = 0
+    while True:  # the REST list, all pages, sorted by the same metric (its last value)
+        with urllib.request.urlopen(f"{url}/api/v1/projects/mlsearch/runs?sort=-last:val/acc&limit=1000"  # noqa: S310
+                                    f"&offset={offset}", timeout=60) as r:
+            page = json.loads(r.read())
+        rest += page["runs"]
+        if len(page["runs"]) < 1000:
+            break
+        offset += 1000
+    expected = [r["id"] for r in rest if isinstance(r["summary"].get("val/acc", {}).get("last"), float)
+                and r["summary"]["val/acc"]["last"] > 0.5]
+    return {
+        "search_runs_runs": SEARCH_RUNS,
+        "search_runs_rows": len(df),
+        "search_runs_s": round(search_s, 3),
+        "goal_search_runs_s": 1.0,
+        "search_runs_rows_identical": list(df["run_id"]) == expected and len(expected) > 0,
+    }
 
 
 def measure(max_seconds: float = 300.0, work_dir: Path | None = None, quick: bool = False) -> dict[str, Any]:
@@ -145,6 +216,7 @@ def measure(max_seconds: float = 300.0, work_dir: Path | None = None, quick: boo
         exact = len(arr) == n_points and all(
             (math.isnan(a) and math.isnan(b)) or a == b for a, b in zip(arr.tolist(), values, strict=True))
         api.close()
+        search = _search_runs(url)
 
         latencies, flushed, from_server = [], [], []
         for trial in range(5):
@@ -187,6 +259,7 @@ def measure(max_seconds: float = 300.0, work_dir: Path | None = None, quick: boo
             "stop_after_log_and_flush_median_s": round(statistics.median(flushed), 4),
             "stop_from_alert_on_server_median_s": round(statistics.median(from_server), 4) if from_server else None,
             "stop_from_alert_on_server_max_s": round(max(from_server), 4) if from_server else None,
+            **search,
             "fill_s": round(fill_s, 1),
         })
         out["notes"] = [
@@ -194,6 +267,11 @@ def measure(max_seconds: float = 300.0, work_dir: Path | None = None, quick: boo
             "request); api_runs_to_pandas_s: the same call and .to_pandas(). history_raw_s: "
             f"run.history(['train/loss']) of {n_points:,} raw points into numpy (100,000 a request); "
             "history_bit_exact: every value (NaN, +-Inf included) equals what was sent. Medians of 3 after a warm-up.",
+            f"search_runs_s: the real MLflow client's mlflow.search_runs(experiment_ids=[...], filter_string="
+            f"\"{SEARCH_FILTER}\", order_by=[\"{SEARCH_ORDER}\"]) over the {SEARCH_RUNS:,} runs of a project "
+            "(each with params, a tag, val/acc at 2 steps and 20 steps of train/loss), into its DataFrame; "
+            "search_runs_rows_identical: its run ids, in order, equal losswatch's REST list sorted by "
+            "-last:val/acc and filtered the same way (last value > 0.5). Median of 3 after a warm-up.",
             "stop_after_log: from run.log() of a NaN to run.should_stop with the defaults (flush_interval 2 s), "
             "five runs; stop_after_log_and_flush: the same with run.flush() after the log(); "
             "stop_from_alert_on_server: from the alert's created_at on the server (same machine) to its arrival "

@@ -137,6 +137,9 @@ class Collector(threading.Thread):
                 cut.seq = self._sender.seq
                 cut.set()
             if status is not None:
+                system = getattr(run, "_system", None)
+                if system is not None and system.is_alive():  # its last sample goes before the finish
+                    system.join(1.0)
                 self.finish_seq = self._sender.put_finish(status)
                 return
             run._wake.wait(max(0.0, deadline - time.monotonic()))
@@ -185,6 +188,8 @@ class Collector(threading.Thread):
             else:
                 ready[raw_key] = arrays
         if slow:  # tensors (fetched in bulk across keys), numpy scalars, bad steps or values
+            if torch is not None:
+                _reduce_norms([values for _, _, values, _ in slow], torch)
             materialize([values for _, _, values, _ in slow])
             for raw_key, steps, values, walls in slow:
                 key = raw_key if type(raw_key) is str else str(raw_key)
@@ -257,6 +262,50 @@ class Collector(threading.Thread):
                 LosswatchError(f"bad steps for {key!r}"),
             )
         return keep_s, keep_v, keep_w
+
+
+class NormParts:
+    """A 2-norm still to be reduced: the per-tensor norms of one step (0-d tensors on one device, e.g.
+    ``torch._foreach_norm(grads)``), logged as a value. The training thread leaves the last two ops
+    (stack, norm) to the collector, which reduces the parts of every step of a batch together: one
+    stack and one norm per batch instead of two ops per step."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: Sequence[Any]) -> None:
+        self.parts = parts
+
+    def __float__(self) -> float:  # not reduced in bulk (should not happen): one at a time
+        torch = sys.modules["torch"]
+        return float(torch.linalg.vector_norm(torch.stack(list(self.parts)), 2.0))
+
+
+def _reduce_norms(columns: list[list[Any]], torch: Any) -> None:
+    """Replace, in place, each :class:`NormParts` by its norm, a 0-d tensor (fetched in bulk with the
+    other tensors): the parts of all the steps with as many parts on one device and of one dtype are
+    stacked at once into a (steps, parts) tensor, reduced along its rows."""
+    groups: dict[tuple[Any, ...], list[tuple[list[Any], int]]] = {}
+    for values in columns:
+        for i, v in enumerate(values):
+            if type(v) is NormParts and v.parts:
+                first = v.parts[0]
+                groups.setdefault((len(v.parts), first.device, first.dtype), []).append((values, i))
+    for (n, _, _), where in groups.items():
+        try:
+            flat = torch.stack([t for values, i in where for t in values[i].parts]).reshape(len(where), n)
+            norms = torch.linalg.vector_norm(flat, 2.0, dim=1).unbind()
+        except Exception:  # noqa: BLE001 - parts that do not stack together (devices): one at a time
+            log.debug("losswatch: norms reduced one by one", exc_info=True)
+            norms = [_norm_or_none(values[i]) for values, i in where]
+        for (values, i), norm in zip(where, norms, strict=True):
+            values[i] = norm
+
+
+def _norm_or_none(value: NormParts) -> float | None:
+    try:
+        return float(value)
+    except Exception:  # noqa: BLE001 - dropped with the warning for values that are not numbers
+        return None
 
 
 # key -> (steps, values, walls: each a list of parts, one per run of calls with the key; is_eval)

@@ -235,6 +235,7 @@ class Run:
         self.spool_path = spool_path
         self._strict = strict
         self._finished = False
+        self._closing = False  # finished with wait=False: the threads still deliver, _close() waits
         self._step = 0  # the default step of the next log(); 0 until the first log()
         self._config: Any = create_payload.get("config")  # the config as this client knows it (update())
         self._q: deque[tuple[Any, dict[Any, Any], float, bool]] = deque()
@@ -500,38 +501,55 @@ class Run:
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Send everything logged so far and wait; True if the server has it all (False if offline)."""
+        deadline = time.monotonic() + timeout
+        if self._closing:  # finish(wait=False): wait for the run's end to be delivered, leave the threads
+            self._collector.join(timeout)
+            seq = self._collector.finish_seq
+            return bool(seq) and self._sender.wait_delivered(seq, max(0.0, deadline - time.monotonic()))
         if self._finished:
             return True
-        deadline = time.monotonic() + timeout
         cut = self._collector.request_cut()
         cut.wait(timeout)
         done = cut.is_set() and self._sender.wait_delivered(cut.seq, max(0.0, deadline - time.monotonic()))
         self._emit(stacklevel=3)
         return done
 
-    def finish(self, status: str | None = None, timeout: float | None = None) -> None:
+    def finish(self, status: str | None = None, timeout: float | None = None, *, wait: bool = True) -> None:
         """Send what is left, mark the run ``status`` and stop the threads.
 
         ``status`` defaults to ``stopped`` when a ``stop_on`` alert stopped the run, else ``finished``.
-        Waits up to ``timeout`` seconds (default ``finish_timeout``). When the server cannot be
-        reached, what is left stays in the spool for ``losswatch sync`` and this returns at once.
+        Waits up to ``timeout`` seconds (default ``finish_timeout``) until everything is delivered. When
+        the server cannot be reached, what is left stays in the spool for ``losswatch sync`` and this
+        returns at once.
+
+        ``wait=False`` ends the run without waiting: later ``log()`` calls are ignored as after any
+        finish, and the background threads deliver what is left and the status on their own. Nothing
+        is lost: at interpreter exit losswatch waits for that delivery as ``finish()`` would, and a
+        later ``finish()`` (or :meth:`flush`) waits for it too. The framework loggers end their run
+        this way, so that ``trainer.fit()`` returns without a network round trip.
         """
         if status is None:
             status = "stopped" if self.should_stop else "finished"
         if status not in RUN_STATUSES:
             raise ValueError(f"losswatch: status must be one of {RUN_STATUSES}, got {status!r}")
-        if self._finished:
-            return
-        self._finished = True
+        if not self._finished:
+            self._finished = True
+            self.log = self.log_eval = self._after_finish  # type: ignore[method-assign]
+            if self._system is not None:
+                self._system.stop()
+            self._collector.finish(status)
+            self._closing = True  # the threads deliver what is left; _close() waits for them (atexit too)
+        if wait and self._closing:
+            self._close(timeout)
+
+    def _close(self, timeout: float | None) -> None:
+        """Wait for the finished run's threads to deliver what is left (or spool it), then stop them."""
+        self._closing = False
         atexit.unregister(self._atexit)
-        self.log = self.log_eval = self._after_finish  # type: ignore[method-assign]
         deadline = time.monotonic() + (self._finish_timeout if timeout is None else timeout)
-        if self._system is not None:
-            self._system.stop()
-        self._collector.finish(status)
         self._collector.join(max(0.0, deadline - time.monotonic()))
         self._sender.close(max(0.5, deadline - time.monotonic()))
-        self._emit(stacklevel=3)
+        self._emit(stacklevel=4)
 
     def _start_system(self, interval: float) -> None:
         if interval <= 0:
@@ -541,10 +559,11 @@ class Run:
 
     def _forked(self) -> None:
         """In a forked child (see :func:`_after_fork_in_child`)."""
+        atexit.unregister(self._atexit)  # the parent's threads deliver; the child waits for none
+        self._closing = False
         if self._finished:
             return
         self._finished = True
-        atexit.unregister(self._atexit)
         parent = os.getppid()
         warned: list[bool] = []
 

@@ -108,7 +108,8 @@ class Sender(threading.Thread):
         self.blocked = False
         self._retry_at = 0.0
         self._backoff = retry_min
-        self._final = False
+        self._final = False  # close() was called: a few quick tries, then the spool
+        self._finish_seq = 0  # the run's finish is queued with this number
         self._final_failures = 0
         self._halt = False
         self._next_heartbeat = time.monotonic() + heartbeat_interval
@@ -132,12 +133,16 @@ class Sender(threading.Thread):
         return self._put("update", body, 0)
 
     def put_finish(self, status: str) -> int:
+        """The run's end: once it is delivered and nothing is left, the thread ends on its own (no
+        heartbeats for a finished run); :meth:`close` then only closes the transport and the spool."""
         return self._put("finish", status.encode(), 0)
 
     def _put(self, kind: str, payload: bytes, points: int) -> int:
         with self.cv:
             self.seq += 1
             item = (self.seq, kind, payload, points)
+            if kind == "finish":
+                self._finish_seq = self.seq
             if not (self._disk and self._to_spool([item])):
                 self._outbox.append(item)
                 self._outbox_bytes += len(payload)
@@ -344,7 +349,7 @@ class Sender(threading.Thread):
                 return ("send", item, next_pos)
             if self._outbox:
                 return ("send", self._outbox[0], None)
-            if self._final and not work:
+            if (self._final or self._finish_seq) and not work:
                 return None
             if now >= self._next_heartbeat:
                 return ("heartbeat", None, None)

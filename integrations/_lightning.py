@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from argparse import Namespace
 from collections.abc import Mapping
 from typing import Any
 
+from losswatch.client.batching import NormParts
 from losswatch.client.run import Run
 from losswatch.integrations._common import is_number, plain_config, start_run
 
@@ -28,23 +30,25 @@ _FINAL_STATUS = {"success": "finished", "finished": "finished", "failed": "faile
 
 
 
-def _step_values(trainer: Any) -> Any:
-    """(name, tensor) of the values logged with ``on_step`` at this batch, named as Lightning names
-    them for its loggers. Read from the result collection, as ``trainer.logged_metrics`` does, but
-    without building the progress bar's numbers (``.item()``: a device sync per value)."""
-    results = getattr(trainer, "_results", None)
-    valid = getattr(results, "valid_items", None)
-    forked = getattr(results, "_forked_name", None)
-    if valid is None or forked is None:
-        yield from trainer.logged_metrics.items()
-        return
-    for _, metric in valid():
-        meta = metric.meta
-        if not (meta.logger and meta.on_step):
-            continue
-        value = getattr(metric, "_forward_cache", None)
-        if value is not None:
-            yield forked(metric, True)[1], value
+def _total_norm(tensors: list[Any], slow: bool) -> Any:
+    """The 2-norm of all ``tensors`` together, as ``clip_grad_norm_`` computes it before clipping, with
+    no sync. The fast way is one fused per-tensor norm (``torch._foreach_norm``: a kernel per device)
+    whose results are logged as :class:`NormParts`: the collector thread stacks and reduces them for
+    all the steps of a batch at once (the caller makes sure that the tensors are on one device); it
+    returns None where it does not apply (sparse tensors). ``slow`` leaves sparse tensors out, gathers
+    the norms on the first one's device and reduces them here (a 0-d tensor)."""
+    torch = sys.modules["torch"]  # these are its tensors
+    if not slow:
+        try:
+            norms = torch._foreach_norm(tensors, 2.0)
+        except (RuntimeError, NotImplementedError):
+            return None
+        return NormParts(norms)
+    dense = [t for t in tensors if not t.is_sparse]
+    if not dense:
+        return None
+    norms = torch._foreach_norm(dense, 2.0)
+    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]), 2.0)
 
 
 def build(callback_base: type, logger_base: type, rank_zero_experiment: Any, rank_zero_only: Any,
@@ -155,7 +159,9 @@ def build(callback_base: type, logger_base: type, rank_zero_experiment: Any, ran
             final = _FINAL_STATUS.get(status, "finished")
             if final == "finished" and self._run.should_stop:
                 final = "stopped"  # ended early by a losswatch alert
-            self._run.finish(final)
+            # fit() returns at once: the sender delivers the rest and the status in the background, and
+            # at interpreter exit losswatch waits for it; experiment.finish() waits for it now
+            self._run.finish(final, wait=False)
 
 
     class LosswatchCallback(Callback):
@@ -187,6 +193,10 @@ def build(callback_base: type, logger_base: type, rank_zero_experiment: Any, ran
             self.grad_norm_key = grad_norm
             self.log_step_metrics = log_step_metrics
             self._grad_norm: Any = None  # the last optimizer step's norm (a tensor), logged with its batch
+            # optimizer -> (its param_groups, their number, its params, whether they are on several devices)
+            self._params: dict[int, tuple[Any, int, list[Any], bool]] = {}
+            self._mixed = False  # gradients seen sparse: norms take the slow way
+            self._names: dict[str, tuple[Any, str | None]] = {}  # result key -> (its metric, logger name or None)
             self._step_keys: dict[str, bool] = {}  # logged key -> whether it is a per-batch training value
             self._last_values: dict[str, Any] = {}  # key -> the tensor logged last (skip values not re-logged)
             self._target = target
@@ -198,6 +208,8 @@ def build(callback_base: type, logger_base: type, rank_zero_experiment: Any, ran
             self._stopped = False
             self._distributed = False
             self._lr_keys: list[list[str]] = []  # per optimizer, per param group (built once per layout)
+            # (the trainer's optimizer list, each one's (param_groups, len), the (key, param group) pairs)
+            self._lr_cache: tuple[Any, list[tuple[Any, int]], list[tuple[str, Any]]] | None = None
             self._layout: tuple[int, ...] = ()
             self._kinds_sent = False
 
@@ -220,9 +232,12 @@ def build(callback_base: type, logger_base: type, rank_zero_experiment: Any, ran
             self._batches = 0
             self._distributed = trainer.world_size > 1
             self._layout = ()
+            self._lr_cache = None
             self._kinds_sent = False
             self._grad_norm = None
             self._last_values = {}
+            self._params = {}
+            self._names = {}
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             # called every batch: keep it to a few microseconds (keys and kinds are worked out once)
@@ -237,23 +252,73 @@ def build(callback_base: type, logger_base: type, rank_zero_experiment: Any, ran
             # after backward (and accumulation), before clipping and the step: the raw gradient norm
             if self.grad_norm_key is None or self._run is None:
                 return
-            grads = [p.grad for g in optimizer.param_groups for p in g["params"]
-                     if p.grad is not None and not p.grad.is_sparse]
+            groups = optimizer.param_groups
+            params = self._params.get(id(optimizer))
+            if params is None or params[0] is not groups or params[1] != len(groups):  # add_param_group
+                flat = [p for g in groups for p in g["params"]]
+                params = self._params[id(optimizer)] = (groups, len(groups), flat, len({p.device for p in flat}) > 1)
+            grads = [p.grad for p in params[2] if p.grad is not None]
             if not grads:
                 return
-            import torch  # already imported: these are its tensors
+            total = _total_norm(grads, self._mixed or params[3])
+            if total is None:  # sparse gradients: the slow way from now on
+                self._mixed = True
+                total = _total_norm(grads, True)
+                if total is None:
+                    return
+            if self._grad_norm is not None:  # several optimizers: the norm of all their gradients
+                total = _total_norm([self._as_tensor(self._grad_norm), self._as_tensor(total)], True)
+            self._grad_norm = total
 
-            norms = torch._foreach_norm(grads, 2.0)  # what clip_grad_norm_ computes, one kernel per device
-            total = torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]), 2.0)
-            self._grad_norm = total if self._grad_norm is None else torch.linalg.vector_norm(
-                torch.stack([self._grad_norm, total.to(self._grad_norm.device)]), 2.0)  # several optimizers
+        @staticmethod
+        def _as_tensor(norm: Any) -> Any:
+            if type(norm) is NormParts:
+                torch = sys.modules["torch"]
+                return torch.linalg.vector_norm(torch.stack(list(norm.parts)), 2.0)
+            return norm
 
         def _step_metrics(self, trainer: Any, values: dict[str, Any]) -> None:
             """What the module self.log-ged at this batch with on_step, as Lightning names it for its
-            loggers (no sync: the tensors are Lightning's own step values)."""
+            loggers (no sync: the tensors are Lightning's own step values). Read from the result
+            collection as ``trainer.logged_metrics`` does, without building the progress bar's numbers
+            (``.item()``: a device sync per value); each metric's name and whether it is a per-batch
+            training value are worked out once (a few hundred nanoseconds a value at each batch)."""
+            # the training epoch loop's results (trainer._results and fit_loop._results find the active
+            # loop first: about a microsecond of enum compares at every batch)
+            results = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_results", None)
+            if results is None or not hasattr(results, "_forked_name"):  # another Lightning: the public way
+                self._add_values(trainer.logged_metrics.items(), values)
+                return
+            names = self._names
+            last = self._last_values
+            loader = results.dataloader_idx
+            for key, metric in results.items():
+                seen = names.get(key)
+                if seen is None or seen[0] is not metric:
+                    seen = names[key] = (metric, self._name_of(results, metric))
+                name = seen[1]
+                if name is None or metric.has_reset or metric.meta.dataloader_idx != loader:
+                    continue
+                value = metric._forward_cache  # a one-element tensor: Lightning's self.log refuses others
+                if value is None or name in values or last.get(name) is value:
+                    continue  # not logged at this batch (the value of an earlier one is still cached)
+                values[name] = value
+                last[name] = value
+
+        @staticmethod
+        def _name_of(results: Any, metric: Any) -> str | None:
+            """The name Lightning gives a result metric's step value in its loggers; None for what is
+            not a per-batch training value (not for loggers, epoch-only, validation or test keys)."""
+            meta = metric.meta
+            if not (meta.logger and meta.on_step):
+                return None
+            name = results._forked_name(metric, True)[1]
+            return None if _EVAL_KEY.match(name) or name.endswith("_epoch") or name == "epoch" else name
+
+        def _add_values(self, items: Any, values: dict[str, Any]) -> None:
             kinds = self._step_keys
             last = self._last_values
-            for key, value in _step_values(trainer):
+            for key, value in items:
                 ok = kinds.get(key)
                 if ok is None:
                     ok = kinds[key] = not (_EVAL_KEY.match(key) or key.endswith("_epoch") or key == "epoch")
@@ -263,7 +328,16 @@ def build(callback_base: type, logger_base: type, rank_zero_experiment: Any, ran
                     values[key] = value
                     last[key] = value
 
-        def _lr_layout(self, optimizers: list[Any]) -> list[list[str]]:
+        def _lr_groups(self, optimizers: list[Any]) -> list[tuple[str, Any]]:
+            """(key, param group) of every optimizer's param groups, worked out again only when the
+            optimizers or their groups change (a scheduler changes the lr inside the group)."""
+            cached = self._lr_cache
+            if cached is not None and cached[0] is optimizers and len(optimizers) == len(cached[1]):
+                for opt, (groups, n) in zip(optimizers, cached[1], strict=True):
+                    if opt.param_groups is not groups or len(groups) != n:
+                        break
+                else:
+                    return cached[2]
             layout = tuple(len(opt.param_groups) for opt in optimizers)
             if layout != self._layout:
                 self._layout = layout
@@ -272,11 +346,14 @@ def build(callback_base: type, logger_base: type, rank_zero_experiment: Any, ran
                     [f"lr/opt{i}/pg{j}" if len(layout) > 1 else ("lr" if n == 1 else f"lr/pg{j}") for j in range(n)]
                     for i, n in enumerate(layout)
                 ]
-            return self._lr_keys
+            pairs = [pair for opt, keys in zip(optimizers, self._lr_keys, strict=True)
+                     for pair in zip(keys, opt.param_groups, strict=True)]
+            self._lr_cache = (optimizers, [(opt.param_groups, len(opt.param_groups)) for opt in optimizers], pairs)
+            return pairs
 
         def _log_batch(self, trainer: Any, run: Run, outputs: Any) -> None:
             values: dict[str, Any] = {}
-            loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+            loss = outputs.get("loss") if type(outputs) is dict or isinstance(outputs, Mapping) else outputs
             if loss is not None:  # a tensor (run.log detaches it) or a number; anything else is dropped there
                 values[self.key] = loss
             if self.log_step_metrics:
@@ -285,12 +362,10 @@ def build(callback_base: type, logger_base: type, rank_zero_experiment: Any, ran
                 values[self.grad_norm_key] = self._grad_norm  # type: ignore[index]
                 self._grad_norm = None
             if self.log_lr:
-                optimizers = trainer.optimizers
-                for opt, keys in zip(optimizers, self._lr_layout(optimizers), strict=False):
-                    for key, group in zip(keys, opt.param_groups, strict=False):
-                        lr = group.get("lr")
-                        if lr is not None:
-                            values[key] = lr
+                for key, group in self._lr_groups(trainer.optimizers):
+                    lr = group.get("lr")
+                    if lr is not None:
+                        values[key] = lr
             if not values:
                 return
             if self._kinds_sent:

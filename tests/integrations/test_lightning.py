@@ -101,6 +101,7 @@ def test_every_batch_and_what_lightning_logs_reach_the_server(server: Any, tmp_p
                              flush_interval=0.2)
     trainer = _trainer(tmp_path, [logger, recorder])
     trainer.fit(model, _data(), _data(32, seed=1))
+    logger.experiment.finish()  # fit() does not wait for delivery; finish() does
 
     run = read_run(server.url, logger.version)
     assert run["project"] == "lit" and run["name"] == "tiny" and run["status"] == "finished"
@@ -141,6 +142,7 @@ def test_a_non_finite_loss_alert_stops_the_fit(server: Any, tmp_path: Path) -> N
     model.run_for_flush = logger.experiment
     trainer = _trainer(tmp_path, [logger], max_epochs=50)
     trainer.fit(model, _data())
+    logger.experiment.finish()  # fit() does not wait for delivery; finish() does
 
     # batch 5 is NaN, sent (flush) during batch 6; the alert is back before batch 6 ends
     assert len(model.losses) == 7 and trainer.global_step == 7
@@ -192,6 +194,7 @@ def test_every_component_every_batch_and_the_gradient_norm_before_clipping(serve
     logger = LosswatchLogger(project="lit", url=server.url, flush_interval=0.2)
     trainer = _trainer(tmp_path, [logger], max_epochs=2, log_every_n_steps=50, gradient_clip_val=0.01)
     trainer.fit(model, _data())
+    logger.experiment.finish()  # fit() does not wait for delivery; finish() does
     rid = logger.version
     batches = 2 * 8
     assert len(model.terms) == batches == len(model.norms)
@@ -237,8 +240,76 @@ def test_the_pytorch_lightning_package_name(server: Any, tmp_path: Path) -> None
                          callbacks=[lw_pl.LosswatchCallback()], enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, _data())
+    logger.experiment.finish()  # fit() does not wait for delivery; finish() does
     assert isinstance(logger, pl.loggers.Logger)
     run = read_run(server.url, logger.version)
     assert run["status"] == "finished"
     assert read_series(server.url, run["id"], "train/loss") == dict(enumerate(model.losses))
     assert len(read_series(server.url, run["id"], "grad_norm")) == 8
+
+
+EXIT_SCRIPT = """
+import sys, warnings
+warnings.simplefilter("ignore")
+import torch
+from tests.integrations.test_lightning import Tiny, _data, _trainer
+from losswatch.integrations.lightning import LosswatchLogger
+from pathlib import Path
+torch.manual_seed(0)
+model = Tiny()
+logger = LosswatchLogger(project="lit-exit", url=sys.argv[1], spool_dir=sys.argv[2])
+_trainer(Path(sys.argv[2]), [logger], max_epochs=4).fit(model, _data(), _data(32, seed=1))
+print(logger.version, repr(model.losses), flush=True)
+"""  # the script ends right after fit(): what is left is delivered at interpreter exit
+
+
+def test_a_script_ending_right_after_fit_delivers_every_batch(server: Any, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, server.url, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rid, losses = out.stdout.strip().splitlines()[-1].split(" ", 1)
+    expected = eval(losses, {"nan": math.nan})  # noqa: S307 - the list our own script printed
+    run = read_run(server.url, rid)
+    assert run["status"] == "finished"
+    assert read_series(server.url, rid, "train/loss") == dict(enumerate(expected))
+    assert len(expected) == 4 * 8 and len(read_series(server.url, rid, "grad_norm")) == 4 * 8
+    assert not any(p.is_file() and p.stat().st_size for p in (tmp_path / "spool").rglob("*.jsonl"))
+
+
+class SparseEmbedding(L.LightningModule):
+    """A sparse embedding gradient beside dense ones: the norm covers the dense gradients (as before)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 4, sparse=True)
+        self.net = torch.nn.Linear(4, 1)
+        self.norms: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        idx = (x[:, 0].abs() * 3).long().clamp(max=9)
+        return torch.nn.functional.mse_loss(self.net(x + self.emb(idx)), y)
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.net.parameters()]))))
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_the_gradient_norm_with_a_sparse_gradient(server: Any, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SparseEmbedding()
+    logger = LosswatchLogger(project="lit", url=server.url, flush_interval=0.2)
+    _trainer(tmp_path, [logger], max_epochs=1).fit(model, _data())
+    logger.experiment.finish()
+    norm = read_series(server.url, logger.version, "grad_norm")
+    assert sorted(norm) == list(range(8))
+    for i, expected in enumerate(model.norms):
+        assert math.isclose(norm[i], expected, rel_tol=1e-5), (i, norm[i], expected)

@@ -181,3 +181,35 @@ def test_kinds_follow_the_keys(tracking: str) -> None:
     assert {k: v["kind"] for k, v in summary.items()} == {
         "val_acc": "metric", "val_loss": "loss", "train_loss_epoch": "loss", "train_ce": "loss_component",
         "eval_runtime": "other"}
+
+
+ACCS = [0.91, 0.42, 0.77, None, 0.55, 0.63, 0.12, 0.98]
+
+
+def test_search_runs_rows_equal_the_rest_lists(tracking: str) -> None:
+    """A metric filter and order_by over runs with distinct values: mlflow.search_runs gives exactly the
+    runs, in exactly the order, of losswatch's REST list sorted by the same metric and filtered alike."""
+    exp = mlflow.set_experiment("accs").experiment_id
+    for i, acc in enumerate(ACCS):
+        with mlflow.start_run(run_name=f"t-{i}"):
+            mlflow.log_param("seed", i)
+            mlflow.log_metric("train/loss", 1.0 / (i + 1), step=0)
+            if acc is not None:
+                mlflow.log_metric("val/acc", acc / 2, step=1)
+                mlflow.log_metric("val/acc", acc, step=2)  # the last value is the one compared
+    rest = httpx.get(f"{tracking}/api/v1/projects/accs/runs", params={"sort": "-last:val/acc", "limit": 1000}).json()
+
+    def last(run: dict[str, Any]) -> Any:
+        return run["summary"].get("val/acc", {}).get("last")
+
+    for op, want in ((">", lambda v: v > 0.5), ("<=", lambda v: v <= 0.5)):
+        for direction in ("DESC", "ASC"):
+            df = mlflow.search_runs(experiment_ids=[exp], filter_string=f"metrics.`val/acc` {op} 0.5",
+                                    order_by=[f"metrics.`val/acc` {direction}"])
+            expected = [r["id"] for r in rest["runs"] if last(r) is not None and want(last(r))]
+            if direction == "ASC":
+                expected.reverse()
+            assert list(df["run_id"]) == expected, (op, direction)
+            assert list(df["metrics.val/acc"]) == [last(r) for r in rest["runs"] if r["id"] in expected][
+                :: -1 if direction == "ASC" else 1]
+    assert len(expected) == 2  # 0.42 and 0.12 at or below 0.5
