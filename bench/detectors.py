@@ -27,10 +27,11 @@ def _series(n: int, seed: int = 0) -> list[float]:
 def measure_detector_cost(points: int = 200_000, batch: int = 500, repeat: int = 3) -> dict[str, Any]:
     """µs per point of evaluate_series on ``train/loss`` (non_finite, spike, divergence, plateau),
     fed in batches of ``batch`` points with the LR in the context, the state JSON-encoded and decoded
-    between batches as the server does (reported apart). Best of ``repeat``."""
+    between batches as the server does (reported apart). The points are numpy columns (int64 steps,
+    float64 values), as the server hands them over after parsing. Best of ``repeat``."""
     config = RuleConfig.default()
-    values = _series(points)
-    steps = list(range(points))
+    values = np.array(_series(points))
+    steps = np.arange(points, dtype=np.int64)
     rules = config.rules_for("train/loss", "loss")
     best_eval = best_json = math.inf
     findings = 0

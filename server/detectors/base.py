@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -152,6 +152,27 @@ FAST_MIN = 32
 HANDOVERS = 16
 
 
+_POWERS: dict[tuple[float, int], np.ndarray] = {}
+_POWERS_MAX = 1 << 21  # elements kept in all (16 MiB): enough for every (factor, batch length) a server sees
+
+
+def powers(b: float, n: int) -> np.ndarray:
+    """``b ** [1, 2, .., n]`` as floats (read-only). The same expression every time, kept per exact
+    ``(b, n)``: ``pow`` is the slowest step of the closed forms, and a server sees few factors and
+    batch lengths. (Kept per length, not sliced from a longer one, so each element is computed as the
+    uncached expression computes it.)"""
+    key = (b, n)
+    out = _POWERS.get(key)
+    if out is None:
+        out = b ** np.arange(1, n + 1, dtype=float)
+        out.flags.writeable = False
+        if n <= _POWERS_MAX // 8:
+            if sum(map(len, _POWERS.values())) + n > _POWERS_MAX:
+                _POWERS.clear()
+            _POWERS[key] = out
+    return out
+
+
 def ema_path(e0: float, y: np.ndarray, a: float) -> np.ndarray:
     """The EMA after each point, ``e[t] = (1-a)·e[t-1] + a·y[t]`` from ``e0``, computed in closed form
     (``e[t] = b^t·(e0 + a·Σ_k b^-k·y[k])``) in blocks short enough that ``b^-k`` stays in range."""
@@ -161,7 +182,7 @@ def ema_path(e0: float, y: np.ndarray, a: float) -> np.ndarray:
         return y.astype(float, copy=True)
     out = np.empty(n)
     block = max(1, min(n, int(200.0 / -math.log(b))))
-    pw_full = b ** np.arange(1, block + 1, dtype=float)
+    pw_full = powers(b, block)
     for i in range(0, n, block):
         yb = y[i:i + block]
         m = yb.shape[0]
@@ -170,6 +191,52 @@ def ema_path(e0: float, y: np.ndarray, a: float) -> np.ndarray:
         out[i:i + m] = seg
         e0 = float(seg[-1])
     return out
+
+
+def ema_last(e0: float, y: np.ndarray, a: float) -> float:
+    """``ema_path(e0, y, a)[-1]`` (bit for bit) without the path: only each block's last element."""
+    b = 1.0 - a
+    n = y.shape[0]
+    if b <= 0.0:
+        return float(y[-1])
+    block = max(1, min(n, int(200.0 / -math.log(b))))
+    pw_full = powers(b, block)
+    for i in range(0, n, block):
+        yb = y[i:i + block]
+        m = yb.shape[0]
+        pw = pw_full[:m]
+        e0 = float(pw[m - 1] * (e0 + a * np.cumsum(yb / pw)[m - 1]))
+    return e0
+
+
+class Column(Sequence[Any]):
+    """A read-only sequence view of a numpy column (the batch's steps or values as parsed) that hands
+    out plain Python numbers, as a list would, without making one: an item is ``int``/``float``, a
+    slice is another view, iterating makes the list once. ``numpy.asarray`` gets the array back.
+    The driver passes batches to the rules in this form, so the numpy fast paths cost no per-point
+    Python objects."""
+
+    __slots__ = ("a",)
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
+
+    def __len__(self) -> int:
+        return self.a.shape[0]
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return Column(self.a[i])
+        return self.a.item(i)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.a.tolist())
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self.a if dtype is None else self.a.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"Column({self.a.tolist()!r})"
 
 
 # --- the detector contract -------------------------------------------------------------------------
@@ -311,10 +378,13 @@ def _slice(context: Mapping[str, Any], n: int, i: int, j: int) -> Mapping[str, A
     }
 
 
-def increasing(last: int | None, steps: Sequence[int]) -> bool:
+def increasing(last: int | None, steps: Sequence[int] | np.ndarray) -> bool:
     """Every step after ``last`` and after the one before it (no resume inside the batch)."""
-    if not steps or (last is not None and steps[0] <= last):
+    if not len(steps) or (last is not None and steps[0] <= last):
         return False
+    if isinstance(steps, (np.ndarray, Column)):
+        a = np.asarray(steps)
+        return bool((a[1:] > a[:-1]).all())
     seq = steps if isinstance(steps, list) else list(steps)
     return all(map(operator.lt, seq, seq[1:]))  # strictly increasing, in C: no sort, no set
 

@@ -8,7 +8,8 @@ Per series the server keeps one JSON document, the *series state*::
      "non_finite": {...}, "spike": {...}, ...}           # one entry per rule that ran, opaque
 
 and per run one *stalled state* (``record_arrival`` / ``check_stalled``). Both are plain dicts
-that ``json.dumps(..., allow_nan=False)`` accepts. Nothing here does I/O or keeps globals.
+that ``json.dumps(..., allow_nan=False)`` accepts. Nothing here does I/O or keeps state between calls
+(``base.powers`` memoises ``b ** [1..n]``, a pure function of its arguments).
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ import numpy as np
 from losswatch.server.detectors.base import (
     FAST_MIN,
     HANDOVERS,
+    Column,
     Finding,
     alpha_of,
     decode_number,
+    ema_last,
     ema_path,
     encode_number,
     increasing,
+    powers,
 )
 from losswatch.server.detectors.incidents import EXPLAINED, chain, explain, series_level
 from losswatch.server.detectors.pointwise import resolve_level
@@ -39,6 +43,7 @@ _ORDER = {r: i for i, r in enumerate(SERIES_RULES)}
 _EVAL_LAST = {"metric": 1}  # training-side series first: paired rules read their current level
 _LEVEL_KINDS = ("loss", "loss_component", "grad_norm")
 BASE_WINDOW = 2000  # the slow level an alert's explanation compares with
+_INDEXED = frozenset(("overfitting", "misalignment"))  # rules that read a batch point by point even when fast
 
 
 def evaluate_series(
@@ -53,9 +58,11 @@ def evaluate_series(
     """Run every applicable rule over a batch of one series' points.
 
     ``steps``/``values`` are the batch's points of this series in the order they were logged
-    (values as floats, NaN/±Inf included). ``context``: ``lr`` (plateau), ``train_loss`` and
-    ``train_key`` (overfitting), ``loss`` and ``loss_key`` (misalignment): one value for the batch or
-    one per point; :func:`build_context` makes it. Returns the new series state (the one passed in is
+    (values as floats, NaN/±Inf included): sequences, or numpy arrays (int64 steps, float64 values) as
+    the server parses them, which the rules then see as :class:`~.base.Column` views (plain Python
+    numbers, no per-point objects made on the numpy fast paths); both give the same result, bit for
+    bit. ``context``: ``lr`` (plateau), ``train_loss`` and ``train_key`` (overfitting), ``loss`` and
+    ``loss_key`` (misalignment): one value for the batch or one per point; :func:`build_context` makes it. Returns the new series state (the one passed in is
     not modified) and the findings in step order.
 
     A batch that re-sends points already seen (a retry whose answer was lost) is recognised when it
@@ -75,18 +82,30 @@ def _evaluate(
     config: RuleConfig,
     context: Mapping[str, Any] | None,
     want_path: bool,
-) -> tuple[dict[str, Any], list[Finding], tuple[list[int], list[float]] | None]:
+) -> tuple[dict[str, Any], list[Finding], tuple[Sequence[int] | np.ndarray, Sequence[float] | np.ndarray] | None]:
     ctx = context or {}
     st: dict[str, Any] = {"v": STATE_VERSION} if not rule_states else dict(rule_states)
     n0 = len(steps)
     steps, values = _skip_replay(st.get("last"), steps, values)
-    if not steps:
+    if not len(steps):
         return st, [], None
     if len(steps) < n0:  # points already seen were skipped: so are their per-point context values
         cut = n0 - len(steps)
         ctx = {k: (v[cut:] if isinstance(v, (list, tuple)) and len(v) == n0 else v) for k, v in ctx.items()}
-    arr = None
-    if len(steps) >= FAST_MIN:
+    arr: np.ndarray | None = None
+    if isinstance(steps, np.ndarray):  # the parsed columns (the server): checked without per-point objects
+        cols = np.asarray(values, dtype=float)
+        if len(steps) >= FAST_MIN:
+            total = float(np.cumsum(cols)[-1])  # the sum as sum() adds them, left to right
+            if total - total == 0.0 and increasing(st["last"][0] if st.get("last") else None, steps):
+                arr = cols  # all finite, no resume inside: numpy fast paths
+        # the rules see plain Python numbers, as from lists: views where the rules read a few of them (the
+        # fast paths), lists where they read every point (the loops; the paired rules index point by point)
+        if arr is not None and not _INDEXED.intersection(config.rules_for(key, kind)):
+            steps, values = Column(steps), Column(cols)
+        else:
+            steps, values = steps.tolist(), cols.tolist()
+    elif len(steps) >= FAST_MIN:
         total = sum(values)
         if total - total == 0.0 and increasing(st["last"][0] if st.get("last") else None, steps):
             arr = np.array(values, dtype=float)  # all finite, no resume inside: numpy fast paths
@@ -156,7 +175,8 @@ def evaluate_run(
     """One ingest batch of a run, all its series: what the server does per batch, without storage.
 
     ``states``: series key -> series state (missing: new series); ``series_kinds``: every series of
-    the run (key -> kind); ``batch``: key -> (steps, values) of this batch; ``lr``: the run's latest
+    the run (key -> kind); ``batch``: key -> (steps, values) of this batch (sequences or numpy arrays,
+    as for :func:`evaluate_series`); ``lr``: the run's latest
     learning rate after the batch. Training-side series are evaluated before metrics, so paired rules
     read current levels. Returns the new states (all keys of ``states`` plus the batch's) and the
     findings.
@@ -167,7 +187,7 @@ def evaluate_run(
     point gets the paired training series' level at its own step, not the level at the end of the batch.
     """
     levels = {k: series_level(states.get(k)) for k in series_kinds}
-    paths: dict[str, tuple[list[int], list[float]]] = {}
+    paths: dict[str, tuple[Sequence[int] | np.ndarray, Sequence[float] | np.ndarray]] = {}
     levels_before: dict[str, float | None] = {}
     lr_points = _lr_points(series_kinds, batch)
     paired = any(
@@ -198,54 +218,67 @@ def evaluate_run(
         levels[key] = series_level(state)
         findings.extend(found)
     if any(f.action == "fire" and f.rule in EXPLAINED for f in findings):
-        findings = [explain(f, new, series_kinds, lr_points, lr) if f.action == "fire" and f.rule in EXPLAINED
+        lrp = (lr_points[0].tolist(), lr_points[1].tolist()) if lr_points is not None else None
+        findings = [explain(f, new, series_kinds, lrp, lr) if f.action == "fire" and f.rule in EXPLAINED
                     else f for f in findings]
     return new, findings
 
 
 
 def _lr_points(series_kinds: Mapping[str, str], batch: Mapping[str, tuple[Sequence[int], Sequence[float]]]
-               ) -> tuple[list[int], list[float]] | None:
-    """The batch's LR points (steps increasing, finite values), or None (no LR series in the batch)."""
+               ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The batch's LR points as arrays (steps increasing), or None (no LR series in the batch, or a
+    resume inside it)."""
     for k, (st, vs) in batch.items():
         if series_kinds.get(k) == "lr" and len(st):
-            st, vs = list(st), list(vs)
-            return (st, vs) if increasing(None, st) else None
+            ls, lv = np.asarray(st, dtype=np.int64), np.asarray(vs, dtype=float)
+            return (ls, lv) if increasing(None, ls) else None
     return None
 
 
-def _per_point_lr(lr_points: tuple[list[int], list[float]], steps: Sequence[int]) -> float | list[Any]:
+def _per_point_lr(lr_points: tuple[np.ndarray, np.ndarray], steps: Sequence[int] | np.ndarray) -> float | list[Any]:
     """The LR in force at each step (the last LR point at or before it; None before the first)."""
     ls, lv = lr_points
-    if steps and steps[0] >= ls[0] and len(set(lv)) == 1:
-        return lv[0]
-    if increasing(None, steps):  # no resume inside the batch: one binary search per point, in numpy
-        idx = np.searchsorted(np.asarray(ls), np.asarray(steps), side="right") - 1
+    if len(steps) and steps[0] >= ls[0] and (lv.shape[0] == 1 or bool((lv == lv[0]).all())):
+        return lv.item(0)  # one LR (as a set of the values would say: NaN never equals NaN)
+    sa = np.asarray(steps)
+    if sa.shape == ls.shape and bool((sa == ls).all()):
+        return lv.tolist()  # the usual batch: the LR logged at the very steps of the series
+    if increasing(None, sa):  # no resume inside the batch: one binary search per point, in numpy
+        idx = np.searchsorted(ls, sa, side="right") - 1
         if idx[0] >= 0:
-            return [lv[k] for k in idx.tolist()]
-        return [lv[k] if k >= 0 else None for k in idx.tolist()]
+            return lv[idx].tolist()
+        return [v if k >= 0 else None for k, v in zip(idx.tolist(), lv[idx].tolist(), strict=True)]
     out: list[Any] = []
     j = -1
     prev = None
-    for s in steps:
+    lsl, lvl = ls.tolist(), lv.tolist()
+    for s in sa.tolist():
         if prev is not None and s < prev:
             j = -1  # a resume inside the batch: look up from the start
-        while j + 1 < len(ls) and ls[j + 1] <= s:
+        while j + 1 < len(lsl) and lsl[j + 1] <= s:
             j += 1
-        out.append(lv[j] if j >= 0 else None)
+        out.append(lvl[j] if j >= 0 else None)
         prev = s
     return out
 
 
-def _level_at(path: tuple[list[int], list[float]], steps: Sequence[int], before: float | None) -> list[Any]:
+def _level_at(path: tuple[Sequence[int] | np.ndarray, Sequence[float] | np.ndarray], steps: Sequence[int] | np.ndarray,
+              before: float | None) -> list[Any]:
     """The paired series' level at each evaluation step: after its last point at or before the step."""
     ps, pv = path
-    if ps and increasing(None, ps) and increasing(None, list(steps)):
-        idx = np.searchsorted(np.asarray(ps), np.asarray(steps), side="right") - 1
-        return [pv[k] if k >= 0 else before for k in idx.tolist()]
+    sa = np.asarray(steps)
+    if len(ps) and increasing(None, ps) and increasing(None, sa):
+        idx = np.searchsorted(np.asarray(ps), sa, side="right") - 1
+        at = np.asarray(pv, dtype=float)[idx].tolist()
+        if idx[0] >= 0:  # steps increasing: so are the indices, all found
+            return at
+        return [v if k >= 0 else before for k, v in zip(idx.tolist(), at, strict=True)]
+    if isinstance(pv, np.ndarray):  # the loop below hands out plain Python numbers
+        ps, pv = np.asarray(ps).tolist(), pv.tolist()
     out: list[Any] = []
     j = -1
-    for s in steps:
+    for s in sa.tolist():
         while j + 1 < len(ps) and ps[j + 1] <= s:
             j += 1
         out.append(pv[j] if j >= 0 else before)
@@ -275,7 +308,7 @@ def check_stalled(
 def _skip_replay(
     last: list[Any] | None, steps: Sequence[int], values: Sequence[float]
 ) -> tuple[Sequence[int], Sequence[float]]:
-    if not last or not steps or steps[0] > last[0]:
+    if not last or not len(steps) or steps[0] > last[0]:
         return steps, values
     last_step, last_value = last[0], last[1]
     for j, s in enumerate(steps):
@@ -289,7 +322,7 @@ def _skip_replay(
 def _level(
     lv: Mapping[str, Any] | None, steps: Sequence[int], values: Sequence[float], arr: np.ndarray | None = None,
     want_path: bool = False, clip: bool = True,
-) -> tuple[dict[str, Any], tuple[list[int], list[float]] | None]:
+) -> tuple[dict[str, Any], tuple[Sequence[int] | np.ndarray, Sequence[float] | np.ndarray] | None]:
     """Debiased EMA of the finite values, each clipped at three times the level before it (for a
     positive level; ``level + 2·|level|`` in general), so that one huge minibatch loss does not move
     the level that paired rules read (a single 40× batch would otherwise shift a 50-point EMA by
@@ -315,8 +348,15 @@ def _level(
                 break
             y = arr[i:]
             k = y.shape[0]
+            if not want_path and (not clip or _never_clipped(n, e, p, y)):  # no path needed: the last
+                # element of each closed form, the same bits as the path's
+                sb = ema_last(sb, y, a2)
+                pb *= (1.0 - a2) ** k
+                n, e, p = n + k, ema_last(e, y, a), float(p * powers(b, k)[k - 1])
+                i += k
+                break
             path = ema_path(e, y, a)
-            pw = p * b ** np.arange(1, k + 1, dtype=float)
+            pw = p * powers(b, k)
             lev = path / (1.0 - pw)
             if clip:
                 prev = np.concatenate(([e / (1.0 - p) if n else np.inf], lev[:-1]))
@@ -324,7 +364,7 @@ def _level(
                 if over.any():
                     k = int(np.argmax(over))
             if k:
-                sb = float(ema_path(sb, y[:k], a2)[-1])
+                sb = ema_last(sb, y[:k], a2)
                 pb *= (1.0 - a2) ** k
                 n, e, p = n + k, float(path[k - 1]), float(pw[k - 1])
                 if want_path:
@@ -343,7 +383,7 @@ def _level(
                 i += 1
         if i >= m:
             out = {"n": n, "e": e, "p": p, "last": steps[-1], "b": sb, "pb": pb}
-            return out, ((list(steps), np.concatenate(levs).tolist()) if want_path else None)
+            return out, ((np.asarray(steps), np.concatenate(levs)) if want_path else None)
         ps: list[int] = list(steps[:i]) if want_path else []  # many points to clip: the loop takes the rest
         pl: list[float] = np.concatenate(levs).tolist() if want_path and levs else []
         last = steps[i - 1] if i else last
@@ -369,6 +409,18 @@ def _level(
             ps.append(s)
             pl.append(e / (1.0 - p))
     return {"n": n, "e": e, "p": p, "last": last, "b": sb, "pb": pb}, ((ps, pl) if want_path else None)
+
+
+def _never_clipped(n: int, e: float, p: float, y: np.ndarray) -> bool:
+    """True when no value of ``y`` can exceed three times the level before it, so the clipping
+    test of :func:`_level` need not be run point by point. The debiased level after a point is a
+    convex combination of the level before it and the point, so it never falls below the smallest of
+    the starting level and the values; every value at most three times that bound (less a margin far
+    above the closed form's rounding) is never clipped."""
+    lo = float(y.min())
+    if n:
+        lo = min(lo, e / (1.0 - p))
+    return lo > 0.0 and float(y.max()) <= 3.0 * lo * (1.0 - 1e-9)
 
 
 def _hand_over(findings: list[Finding], st: dict[str, Any], divergence: Any) -> list[Finding]:

@@ -22,7 +22,7 @@ def evaluate_batch(run: RunContext, touched: TouchedRun, batch: list[SeriesBatch
     step the labelled benchmark measures) and record the run's arrival. Updates the rows' detector
     states and ``touched.monitor_state`` in memory."""
     lr_rows = [s for s in series.values() if s.kind == "lr" and s.last_value is not None]
-    points = {sb.key: (sb.points.steps.tolist(), sb.points.values.tolist()) for sb in batch if len(sb.points)}
+    points = {sb.key: (sb.points.steps, sb.points.values) for sb in batch if len(sb.points)}  # the parsed columns
     states, findings = evaluate_run({k: s.detector_state for k, s in series.items()},
                                     {k: s.kind for k, s in series.items()}, points, run.config,
                                     lr=lr_rows[0].last_value if lr_rows else None)
