@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,7 +227,7 @@ class Spike(Detector):
             elif not active and ex and n >= warmup:
                 # a jump that runs straight into Inf/NaN: report the spike too (non_finite has the point)
                 active = True
-                st.update(onset=ex[0][1], base=em / (1.0 - p), peak=math.inf, ea=0.0, pa=1.0, sev="warning",
+                st.update(onset=ex[0][1], base=em / (1.0 - p), peak="Infinity", ea=0.0, pa=1.0, sev="warning",
                           rec_level=em / (1.0 - p) * (1.0 + 0.5 * rtol), thr=em / (1.0 - p) * (1.0 + rtol), nex=0)
                 ex.clear()
                 out.append(self._finding("fire", s, v, st, key, sign, into=True))
@@ -243,8 +242,8 @@ class Spike(Detector):
                 ea = st["ea"] = fb * st["ea"] + fa * y  # fast level since onset
                 pa = st["pa"] = st["pa"] * fb
                 level = ea / (1.0 - pa)
-                if y > st["peak"]:
-                    st["peak"] = y
+                if y > decode_number(st["peak"]):  # state holds an infinite peak as "Infinity" (JSON)
+                    st["peak"] = encode_number(y)
                 if st.get("sev") == "info" and y > st["thr"]:
                     st["nex"] = st.get("nex", 1) + 1
                     if st["nex"] >= self.min_points:  # the single batch was the start of a real spike
@@ -285,7 +284,7 @@ class Spike(Detector):
                 if many or (single > 0.0 and y > m + max(single * am, sdev * d, sfloor, thr - m)):
                     active = True
                     st.update(
-                        onset=ex[0][1], base=m, rec_level=m + 0.5 * min(thr - m, rtol * am), peak=y,
+                        onset=ex[0][1], base=m, rec_level=m + 0.5 * min(thr - m, rtol * am), peak=encode_number(y),
                         ea=y * fa, pa=fb, thr=thr, sev="warning" if many else self.single_severity, nex=len(ex),
                     )
                     ex.clear()
@@ -318,7 +317,7 @@ class Spike(Detector):
         else:
             reason = (
                 f"{label} recovered from the spike at step {st['onset']:,}: {num(v)} at step {s:,} is "
-                f"back near its baseline {num(base)} (peak {num(sign * st['peak'])})"
+                f"back near its baseline {num(base)} (peak {num(sign * decode_number(st['peak']))})"
             )
         return Finding(self.rule, action, s, v, base, sev, reason, key, st["onset"],
                        {"single_batch": True} if sev == "info" else {})

@@ -184,3 +184,18 @@ def test_a_silent_run_is_marked_crashed_and_revives(db_url: str) -> None:
         send(c, rid, "train/loss", [10], [1.0])
         assert c.get(f"/api/v1/runs/{rid}").json()["status"] == "running"
         assert c.get(f"/api/v1/runs/{rid}/alerts").json()["alerts"][0]["status"] == "resolved"
+
+
+def test_a_spike_that_runs_into_inf_is_stored_and_reported(app: Any) -> None:
+    """A jump, then Inf: the spike rule reports it (its peak infinite) and the detector state stays
+    valid JSON; PostgreSQL's JSONB refused an infinite peak once, and the batch failed with a 500."""
+    rid = new_run(app)
+    rng = np.random.default_rng(0)
+    send(app, rid, "train/loss", range(400), 1.0 + 0.01 * rng.standard_normal(400))
+    send(app, rid, "train/loss", [400, 401, 402], [2.5, math.inf, math.inf])  # status 200 asserted in send()
+    rules = {a["rule"] for a in app.get(f"/api/v1/runs/{rid}/alerts").json()["alerts"]}
+    assert {"spike", "non_finite"} <= rules
+    send(app, rid, "train/loss", range(403, 1200), 1.0 + 0.01 * rng.standard_normal(797))  # it recovers
+    spike = next(a for a in app.get(f"/api/v1/runs/{rid}/alerts").json()["alerts"] if a["rule"] == "spike")
+    assert spike["status"] == "resolved" and "peak +Inf" in spike["details"]["resolution"], spike
+    assert app.get(f"/api/v1/runs/{rid}").json()["summary"]["train/loss"]["count"] == 1200  # nothing lost

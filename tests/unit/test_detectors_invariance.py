@@ -64,6 +64,7 @@ def replay(run: CorpusRun, sizes: list[int]) -> list[Finding]:
         if lr_key in batch:
             lr = batch[lr_key][1][-1]
         states, found = evaluate_run(states, kinds, batch, CFG, lr=lr)
+        json.dumps(states, allow_nan=False)  # the state contract: plain JSON (no Inf/NaN, no numpy types)
         out += found
     return out
 
