@@ -85,16 +85,57 @@ def plan(project: str) -> list[dict[str, Any]]:
     return specs
 
 
+class Injection:
+    """The run's task and its injected cause, as both frameworks apply it: the LR at each step, what
+    happens to a training batch, and what happens to the weights at the cause's step."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import torch
+
+        self.torch = torch
+        torch.manual_seed(spec["seed"])
+        self.spec = spec
+        self.task = TASKS[spec["task"]](spec["task"], spec["seed"], spec["val_size"])
+        self.lrs, _, _ = schedule(spec["schedule"], spec["steps"], spec["lr"], spec["warmup"])
+        self.cause, self.t, self.k = spec.get("cause"), spec.get("t", -1), spec.get("k", 1.0)
+        self.subset = self.task.sample(spec.get("subset", 32)) if self.cause == "overfit_subset" else None
+        self.perm = torch.roll(torch.arange(self.task.classes), 1)
+
+    def lr(self, s: int) -> float:
+        lr = self.lrs[min(s, len(self.lrs) - 1)]
+        if self.cause in ("lr_burst", "lr_forever", "explode") and s >= self.t and (
+                self.cause != "lr_burst" or s < self.t + self.spec["dur"]):
+            lr *= self.k
+        if self.cause == "lr_to_zero" and s >= self.t:
+            lr *= 1e-4
+        return lr
+
+    def batch(self, x: Any, y: Any, s: int) -> tuple[Any, Any]:
+        if self.subset is not None and s >= self.t:
+            idx = self.torch.randint(0, self.subset[0].shape[0], (x.shape[0],))
+            x, y = self.subset[0][idx], self.subset[1][idx]
+        if self.cause == "label_permutation" and s >= self.t:
+            y = self.perm[y]
+        if self.cause == "corrupt_batch" and s == self.t:
+            x = x * 100.0
+        return x, y
+
+    def weights(self, params: Any, s: int) -> None:
+        if self.cause == "freeze" and s == self.t:
+            for p in params:
+                p.requires_grad_(False)
+        if self.cause == "fp16_nan" and s == self.t:
+            with self.torch.no_grad():
+                for p in params:
+                    p.add_(math.inf).sub_(math.inf)
+
+
 def _module(spec: dict[str, Any]) -> Any:
     import lightning as L
     import torch
 
-    torch.manual_seed(spec["seed"])
-    task = TASKS[spec["task"]](spec["task"], spec["seed"], spec["val_size"])
-    lrs, _, _ = schedule(spec["schedule"], spec["steps"], spec["lr"], spec["warmup"])
-    cause, t, k = spec.get("cause"), spec.get("t", -1), spec.get("k", 1.0)
-    subset = task.sample(spec.get("subset", 32)) if cause == "overfit_subset" else None
-    perm = torch.roll(torch.arange(task.classes), 1)
+    inj = Injection(spec)
+    task = inj.task
 
     class Batches(torch.utils.data.IterableDataset):  # type: ignore[misc]
         """Training batches drawn from the task forever (``max_steps`` ends the fit)."""
@@ -117,33 +158,12 @@ def _module(spec: dict[str, Any]) -> Any:
             return cls(params, lr=spec["lr"])
 
         def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-            s = self.global_step
-            lr = lrs[min(s, len(lrs) - 1)]
-            if cause in ("lr_burst", "lr_forever", "explode") and s >= t and (cause != "lr_burst"
-                                                                                 or s < t + spec["dur"]):
-                lr *= k
-            if cause == "lr_to_zero" and s >= t:
-                lr *= 1e-4
             for group in self.optimizers().param_groups:
-                group["lr"] = lr
-            if cause == "freeze" and s == t:
-                for p in self.net.parameters():
-                    p.requires_grad_(False)
-            if cause == "fp16_nan" and s == t:
-                with torch.no_grad():
-                    for p in self.net.parameters():
-                        p.add_(math.inf).sub_(math.inf)
+                group["lr"] = inj.lr(self.global_step)
+            inj.weights(list(self.net.parameters()), self.global_step)
 
         def training_step(self, batch: Any, batch_idx: int) -> Any:
-            x, y = batch
-            s = self.global_step
-            if subset is not None and s >= t:
-                idx = torch.randint(0, subset[0].shape[0], (x.shape[0],))
-                x, y = subset[0][idx], subset[1][idx]
-            if cause == "label_permutation" and s >= t:
-                y = perm[y]
-            if cause == "corrupt_batch" and s == t:
-                x = x * 100.0
+            x, y = inj.batch(*batch, self.global_step)
             ce = torch.nn.functional.cross_entropy(self.net(x), y)
             l2 = 1e-4 * sum((p.float() ** 2).sum() for p in self.net.parameters())
             loss = ce + l2
@@ -197,20 +217,11 @@ def train_hf(spec: dict[str, Any], url: str, out_dir: str) -> str:
     from losswatch.integrations.huggingface import LosswatchCallback
 
     torch.set_num_threads(1)
-    torch.manual_seed(spec["seed"])
-    task = TASKS[spec["task"]](spec["task"], spec["seed"], spec["val_size"])
-    lrs, _, _ = schedule(spec["schedule"], spec["steps"], spec["lr"], spec["warmup"])
-    cause, t, k = spec.get("cause"), spec.get("t", -1), spec.get("k", 1.0)
-    subset = task.sample(spec.get("subset", 32)) if cause == "overfit_subset" else None
-    perm = torch.roll(torch.arange(task.classes), 1)
+    inj = Injection(spec)
+    task = inj.task
 
     def lr_factor(s: int) -> float:
-        lr = lrs[min(s, len(lrs) - 1)]
-        if cause in ("lr_burst", "lr_forever", "explode") and s >= t and (cause != "lr_burst" or s < t + spec["dur"]):
-            lr *= k
-        if cause == "lr_to_zero" and s >= t:
-            lr *= 1e-4
-        return lr / spec["lr"]
+        return inj.lr(s) / spec["lr"]
 
     class Net(torch.nn.Module):
         def __init__(self) -> None:
@@ -219,15 +230,8 @@ def train_hf(spec: dict[str, Any], url: str, out_dir: str) -> str:
             self.step = 0
 
         def forward(self, x: Any, labels: Any = None) -> Any:
-            s = self.step
             if self.training:
-                if subset is not None and s >= t:
-                    idx = torch.randint(0, subset[0].shape[0], (x.shape[0],))
-                    x, labels = subset[0][idx], subset[1][idx]
-                if cause == "label_permutation" and s >= t:
-                    labels = perm[labels]
-                if cause == "corrupt_batch" and s == t:
-                    x = x * 100.0
+                x, labels = inj.batch(x, labels, self.step)
             out = self.net(x)
             loss = torch.nn.functional.cross_entropy(out, labels)
             if self.training and not loss.requires_grad:  # every layer frozen: the loss is still reported
@@ -246,15 +250,8 @@ def train_hf(spec: dict[str, Any], url: str, out_dir: str) -> str:
 
     class Inject(TrainerCallback):  # type: ignore[misc]
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            s = state.global_step
-            model.step = s
-            if cause == "freeze" and s == t:
-                for p in model.parameters():
-                    p.requires_grad_(False)
-            if cause == "fp16_nan" and s == t:
-                with torch.no_grad():
-                    for p in model.parameters():
-                        p.add_(math.inf).sub_(math.inf)
+            model.step = state.global_step
+            inj.weights(list(model.parameters()), state.global_step)
 
     def accuracy(pred: Any) -> dict[str, float]:
         return {"accuracy": float((np.asarray(pred.predictions).argmax(1) == np.asarray(pred.label_ids)).mean())}
@@ -265,7 +262,7 @@ def train_hf(spec: dict[str, Any], url: str, out_dir: str) -> str:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     # No clipping in the spec (or the gradient-explosion cause): a bound no norm reaches, so the Trainer
     # still reports the norm (it reports it only when it clips).
-    clip = 1e12 if spec["clip"] is None or cause == "explode" else spec["clip"]
+    clip = 1e12 if spec["clip"] is None or inj.cause == "explode" else spec["clip"]
     args = TrainingArguments(out_dir, max_steps=spec["steps"], per_device_train_batch_size=spec["batch"],
                              per_device_eval_batch_size=512, logging_steps=1, logging_nan_inf_filter=False,
                              eval_strategy="steps", eval_steps=spec["eval_every"], save_strategy="no",
