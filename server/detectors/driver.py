@@ -40,7 +40,6 @@ from losswatch.server.detectors.rules import SERIES_RULES, RuleConfig
 STATE_VERSION = 1
 LEVEL_WINDOW = 50
 _ORDER = {r: i for i, r in enumerate(SERIES_RULES)}
-_EVAL_LAST = {"metric": 1}  # training-side series first: paired rules read their current level
 _LEVEL_KINDS = ("loss", "loss_component", "grad_norm")
 BASE_WINDOW = 2000  # the slow level an alert's explanation compares with
 _INDEXED = frozenset(("overfitting", "misalignment"))  # rules that read a batch point by point even when fast
@@ -195,7 +194,11 @@ def evaluate_run(
     )
     new = dict(states)
     findings: list[Finding] = []
-    for key in sorted(batch, key=lambda k: _EVAL_LAST.get(series_kinds[k], 0)):
+    def order(k: str) -> int:  # training side, then evaluation losses (overfitting reads a training loss),
+        kind = series_kinds[k]  # then metrics: whatever a key's name sorts as (eval_loss comes before loss)
+        return 2 if kind == "metric" else 1 if "overfitting" in config.rules_for(k, kind) else 0
+
+    for key in sorted(batch, key=order):
         steps, values = batch[key]
         kind = series_kinds[key]
         if not len(steps) or not config.rules_for(key, kind):

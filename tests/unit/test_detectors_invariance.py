@@ -126,3 +126,14 @@ def test_a_loss_alert_explains_itself():
     assert ex["zoom"]["from"] < 2000 < ex["zoom"]["to"]
     assert "moved most: train/loss/box" in fires[0].reason and "grad_norm" in fires[0].reason
     json.dumps([f.to_dict() for f in fires], allow_nan=False)
+
+
+def test_an_evaluation_loss_named_before_its_training_loss_is_batch_invariant():
+    """The Hugging Face Trainer's ``eval_loss`` sorts before its training loss ``loss``: evaluated first in
+    a batch, overfitting read the training loss's level from before the batch, so one request and one
+    step per request found different onsets (corpus run hf-blobs-016). Evaluation losses now go after
+    the training side, whatever their names."""
+    run = next(r for r in load_corpus(["hf-blobs"]) if r.id == "hf-blobs-016")
+    cuts = [[run.length + 1], [1], [50, 100, 250, 625]]
+    found = [fingerprint([f for f in replay(run, sizes) if f.rule == "overfitting"]) for sizes in cuts]
+    assert found[0] and found[0] == found[1] == found[2]
