@@ -35,7 +35,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from corpus.train import CAUSES, DATA, HELDOUT, TASKS, _visible, schedule  # noqa: E402
+from corpus.train import DATA, HELDOUT, TASKS, schedule  # noqa: E402
+from corpus.train import _facts as train_facts  # noqa: E402
 
 RUNS = 24
 #: project -> the keys its framework gives the training loss, the validation loss and the metric
@@ -286,31 +287,17 @@ def _series(url: str, run_id: str) -> dict[str, tuple[str, np.ndarray, np.ndarra
 
 
 def _facts(spec: dict[str, Any], series: dict[str, Any]) -> dict[str, Any]:
+    """``train.py``'s facts and label, computed on the framework's series under the canonical names,
+    then with the framework's own keys recorded (``keys``, and ``first_non_finite`` under its key)."""
     keys = PROJECTS[spec["project"]]
-    first_nf = {}
-    for key in (keys["train"], "grad_norm"):
-        _, st, v = series[key]
-        bad = np.flatnonzero(~np.isfinite(v))
-        if bad.size:
-            first_nf[key] = int(st[bad[0]])
-    run = {**spec, "warmup_end": spec["warmup"],
-           "lr_drops": [int(spec["steps"] * 0.5), int(spec["steps"] * 0.8)] if spec["schedule"] == "step" else [],
-           "metric": keys["metric"], "keys": keys, "first_non_finite": first_nf, "noise": "normal"}
-    cause = spec.get("cause")
-    if not cause:
-        run["label"] = None
-        return run
-    ltype = CAUSES[cause][0]
-    label: dict[str, Any] = {"type": ltype, "step": spec["t"], "cause": cause}
-    canon = {"train/loss": series[keys["train"]], "val/loss": series[keys["val_loss"]],
-             keys["metric"]: series[keys["metric"]]}
-    if ltype == "spike":
-        _, st, v = series[keys["train"]]
-        before, after = v[(st >= spec["t"] - 100) & (st < spec["t"])], v[(st >= spec["t"] + 100) & (st < spec["t"] + 200)]
-        ok = before[np.isfinite(before)]
-        label["recovered"] = bool(after.size and np.isfinite(after).all() and ok.size and after.mean() <= 1.3 * ok.mean())
-    label["visible"] = _visible(ltype, spec, canon, keys["metric"])
-    run["label"] = label
+    canon = {"train/loss": series[keys["train"]], "grad_norm": series["grad_norm"],
+             "val/loss": series[keys["val_loss"]], keys["metric"]: series[keys["metric"]]}
+    drops = [int(spec["steps"] * 0.5), int(spec["steps"] * 0.8)] if spec["schedule"] == "step" else []
+    run = train_facts(spec, {"series": canon, "warmup_end": spec["warmup"], "lr_drops": drops,
+                             "metric": keys["metric"]})
+    run["first_non_finite"] = {keys["train"] if k == "train/loss" else k: s
+                               for k, s in run["first_non_finite"].items()}
+    run["keys"] = keys
     return run
 
 
