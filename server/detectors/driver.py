@@ -201,9 +201,9 @@ def evaluate_run(
     for key in sorted(batch, key=order):
         steps, values = batch[key]
         kind = series_kinds[key]
-        if not len(steps) or not config.rules_for(key, kind):
-            continue
         rules = config.rules_for(key, kind)
+        if not len(steps) or not rules:
+            continue
         if lr_points is None or "plateau" not in rules:  # plateau is the only rule that reads the LR
             point_lr = lr
         else:
