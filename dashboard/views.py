@@ -136,37 +136,33 @@ def projects_page(request: Request) -> HTMLResponse:
     return render(request, "projects.html", title="Projects", script="projects.js")
 
 
-@router.get("/p/{project}", response_class=HTMLResponse)
-def runs_page(request: Request, project: str) -> HTMLResponse:
+def _project_page(request: Request, project: str, page: str, title: str, **extra: Any) -> HTMLResponse:
+    """A page of one project (``page``.html with ``page``.js): 404 for a project that does not exist."""
     if not _exists(request, "project", project):
         return error_page(request, 404, "There is no project with this name.")
-    return render(request, "runs.html", title=project, script="runs.js", project=project,
-                  page_data={"project": project})
+    return render(request, f"{page}.html", title=title, script=extra.pop("script", f"{page}.js"),
+                  project=project, page_data={"project": project}, **extra)
+
+
+@router.get("/p/{project}", response_class=HTMLResponse)
+def runs_page(request: Request, project: str) -> HTMLResponse:
+    return _project_page(request, project, "runs", project)
 
 
 @router.get("/p/{project}/compare", response_class=HTMLResponse)
 def compare_page(request: Request, project: str) -> HTMLResponse:
-    if not _exists(request, "project", project):
-        return error_page(request, 404, "There is no project with this name.")
-    return render(request, "compare.html", title=f"{project} · compare", script="compare-page.js",
-                  project=project, page_data={"project": project}, charts=True)
+    return _project_page(request, project, "compare", f"{project} · compare", script="compare-page.js", charts=True)
 
 
 @router.get("/p/{project}/alerts", response_class=HTMLResponse)
 def alerts_page(request: Request, project: str) -> HTMLResponse:
-    if not _exists(request, "project", project):
-        return error_page(request, 404, "There is no project with this name.")
-    return render(request, "alerts.html", title=f"{project} · alerts", script="alerts.js",
-                  project=project, page_data={"project": project})
+    return _project_page(request, project, "alerts", f"{project} · alerts")
 
 
 @router.get("/p/{project}/tokens", response_class=HTMLResponse)
 def tokens_page(request: Request, project: str) -> HTMLResponse:
     """The project's API tokens: list, make, revoke (its script calls the admin-only token API)."""
-    if not _exists(request, "project", project):
-        return error_page(request, 404, "There is no project with this name.")
-    return render(request, "tokens.html", title=f"{project} · tokens", script="tokens.js",
-                  project=project, page_data={"project": project})
+    return _project_page(request, project, "tokens", f"{project} · tokens")
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
