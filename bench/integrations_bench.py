@@ -32,6 +32,13 @@ gradient-norm hook, the batch-end hook, ``log_metrics`` (every 3rd batch here), 
 end; ``alone_training_thread_pct_of_loop`` is their sum over a run against the loop without losswatch.
 That leaves out the background threads' share of the GIL and Lightning's own work for having a logger.
 
+Cores: on a machine with at least two, the server is pinned to the last core and each worker to the
+first, with torch on one thread. A server on the same cores as the loop (it is on another machine in a
+real deployment, or on one of many cores) otherwise takes a core from torch's two intra-op threads
+while it stores a batch, and torch's parallel loops wait on it: that is the bench's co-location, not
+the integration. The client's own threads (collector, sender, system metrics) stay in the training
+process, on the training core, so what they take from the loop is in the figure.
+
 The workers are this file run as a script (``python integrations_bench.py worker lightning|yolo ...``).
 """
 
@@ -66,6 +73,23 @@ GOAL = 1.02  # issue 6: at most 2 % more wall time
 # --------------------------------------------------------------------------------------------
 
 
+def _cores() -> tuple[int, int] | None:
+    """(the workers' core, the server's core), or None where the process may use fewer than two."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    return (cores[0], cores[-1]) if len(cores) >= 2 else None
+
+
+def _pin(pid: int, core: int) -> None:
+    """Pin every thread of ``pid`` (and so the threads they start later) to ``core``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), {core})
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def _get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 - 127.0.0.1 only
         return json.loads(r.read())
@@ -75,6 +99,9 @@ class _Server(ServerProcess):
     def __init__(self, work: Path) -> None:
         super().__init__(f"sqlite:///{work / 'bench.db'}", env={"LOSSWATCH_AUTH": "off"}, log_path=work / "server.log")
         self.start(timeout=60)
+        cores = _cores()
+        if cores is not None and self.proc is not None:
+            _pin(self.proc.pid, cores[1])
 
 
 def _worker(python: Path, framework: str, url: str, work: Path, seconds: float, reps: int,
@@ -85,6 +112,9 @@ def _worker(python: Path, framework: str, url: str, work: Path, seconds: float, 
                MPLBACKEND="Agg", LOSSWATCH_SPOOL_DIR=str(work / "spool"), PYTHONPATH=str(ROOT))
     cmd = [str(python), str(Path(__file__)), "worker", framework, url, str(work), str(out),
            "--seconds", str(seconds), "--reps", str(reps), *extra]
+    cores = _cores()
+    if cores is not None:
+        cmd += ["--core", str(cores[0])]
     proc = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=seconds + 600)
     if proc.returncode != 0:
         raise RuntimeError(f"{framework} worker failed: {proc.stdout[-2000:]}{proc.stderr[-4000:]}")
@@ -169,6 +199,9 @@ def measure(quick: bool = False, max_seconds: float = 300, work_dir: Path | None
             "Each loop alternately with and without losswatch (ABBA order), after one warm-up pair that is "
             "not counted; one real `losswatch serve` (SQLite) on the same machine; the client's defaults "
             "(flush_interval 2 s).",
+            "Cores: the server pinned to the last core, each worker to the first with torch on one thread "
+            "(the server's work would otherwise stall torch's two intra-op threads: co-location, not the "
+            "integration); the client's threads share the training core. cores_pinned says whether it was so.",
             "ratio = wall time with / without of one pair; median_ratio is the median over the pairs "
             f"(goal: at most {GOAL:.2f}). points_stored_per_run is read back from the server; "
             "every_batch_delivered: the loss series holds one point per batch the trainer ran.",
@@ -181,6 +214,7 @@ def measure(quick: bool = False, max_seconds: float = 300, work_dir: Path | None
         ],
     }
     server = _Server(work)
+    result["cores_pinned"] = _cores() is not None
     try:
         share = max_seconds * (0.45 if ULTRA_PYTHON.exists() else 0.9)
         lit_work = work / "lightning"
@@ -408,7 +442,13 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--core", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.core is not None:  # before torch starts its threads: they inherit it
+        os.sched_setaffinity(0, {args.core})
+        import torch
+
+        torch.set_num_threads(1)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     make = _lightning_worker if args.framework == "lightning" else _yolo_worker

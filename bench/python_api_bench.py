@@ -8,7 +8,7 @@ services in this process (the code the ingest route calls; 10,000 HTTP round tri
 on a busy machine), then read through HTTP as a user's notebook does:
 
 - **runs**: 10,000 runs (1,000 with ``--quick``), each with a config and one ``val/mAP50-95`` point;
-  ``api.runs(project, sort="-max:val/mAP50-95")`` fetches all of them (1,000 a request) into a
+  ``api.runs(project, sort="-max:val/mAP50-95")`` fetches all of them (10,000 a request) into a
   ``RunList``, and ``.to_pandas()`` makes the table. Goal: ≤ 1 s.
 - **history**: one series of 1,000,000 raw points (100,000 with ``--quick``), NaN and ±Inf among
   them; ``run.history(["train/loss"])`` pages through ``GET /runs/{id}/points`` into numpy arrays.
@@ -263,7 +263,7 @@ def measure(max_seconds: float = 300.0, work_dir: Path | None = None, quick: boo
             "fill_s": round(fill_s, 1),
         })
         out["notes"] = [
-            f"api_runs_s: api.runs(project, sort='-max:val/mAP50-95') fetching all {n_runs:,} runs (1,000 a "
+            f"api_runs_s: api.runs(project, sort='-max:val/mAP50-95') fetching all {n_runs:,} runs (10,000 a "
             "request); api_runs_to_pandas_s: the same call and .to_pandas(). history_raw_s: "
             f"run.history(['train/loss']) of {n_points:,} raw points into numpy (100,000 a request); "
             "history_bit_exact: every value (NaN, +-Inf included) equals what was sent. Medians of 3 after a warm-up.",

@@ -57,7 +57,7 @@ def list_runs(
     sort: Annotated[str, Query(max_length=300, description=(
         "created_at, name, status, group, config.<key>, last:<series>, min:<series> or max:<series>; "
         "prefix '-' for descending"))] = "-created_at",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> JSONBytes:
     """The page comes from the service already in `RunPage`'s shape (plain data) and is written by

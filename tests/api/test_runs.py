@@ -129,3 +129,13 @@ def test_a_config_integer_past_64_bits_is_listed_exactly(client: Any) -> None:
     listed = next(run for run in r.json()["runs"] if run["id"] == rid)
     assert listed["config"] == {"big": big, "n": {"small": small}}
     assert listed == client.get(f"/api/v1/runs/{rid}").json()
+
+
+def test_a_page_holds_up_to_ten_thousand_runs(client: Any) -> None:
+    """losswatch.Api lists 10,000 runs a request (one sort of the project per page): the route takes
+    that page size and refuses a larger one with a clear 422."""
+    seed(client)
+    r = client.get("/api/v1/projects/p/runs", params={"limit": 10_000})
+    assert r.status_code == 200 and r.json()["limit"] == 10_000 and len(r.json()["runs"]) == 4
+    r = client.get("/api/v1/projects/p/runs", params={"limit": 10_001})
+    assert r.status_code == 422 and "limit" in r.text
