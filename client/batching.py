@@ -37,6 +37,9 @@ log = logging.getLogger("losswatch")
 
 
 
+MAX_HELD_BATCH = 50_000  # points: the largest batch the collector grows while the sender is behind
+
+
 class Cut(threading.Event):
     """A flush request: set once everything logged before it has been cut; ``seq`` is the last batch."""
 
@@ -59,7 +62,13 @@ class Collector(threading.Thread):
         self._owner = run
         self._sender = sender
         self._notices = notices
+        sender.on_drained = run._wake.set
         self.flush_every = flush_every
+        # While the sender is behind (a batch in flight and another waiting), pending points are held
+        # and cut as one larger batch when it catches up, up to this many: a fast loop's batches grow
+        # to what the server takes per request instead of queueing many small ones (fewer requests,
+        # less work per point on both sides); a loop the sender keeps up with gets flush_every batches.
+        self.max_batch = max(flush_every, min(10 * flush_every, MAX_HELD_BATCH))
         self.flush_interval = flush_interval
         self.wake_points = max(64, flush_every // 4)
         self._kinds = kinds  # the run's explicit kinds (the run may add to it)
@@ -119,8 +128,10 @@ class Collector(threading.Thread):
             while self._updates:
                 updates.append(self._updates.popleft())
             while True:
-                drained = self._drain(self.flush_every - self._npending)
-                if self._npending >= self.flush_every:
+                free = self._sender.backlog <= 1
+                room = (self.flush_every if free else self.max_batch) - self._npending
+                drained = self._drain(room) if room > 0 else 0
+                if self._npending >= self.flush_every and (free or self._npending >= self.max_batch):
                     self._cut()
                 elif drained == 0 or not run._q:
                     break

@@ -115,6 +115,9 @@ class Sender(threading.Thread):
         self._next_heartbeat = time.monotonic() + heartbeat_interval
         self.sent_points = 0
         self.dropped_points = 0
+        # called (on this thread) when a delivered batch leaves the outbox and at most one is left: the
+        # collector, which holds its pending points while the sender is behind, may cut them now
+        self.on_drained: Callable[[], None] = lambda: None
 
     # ---- called by the collector -------------------------------------------------------------
 
@@ -123,6 +126,11 @@ class Sender(threading.Thread):
         """Whether batches should be encoded in binary: the transport takes it and the server has
         not refused it (see :mod:`losswatch.client.delivery`). The spool keeps them as they are."""
         return bool(getattr(self._transport, "columnar", False)) and not self._limits.json_only
+
+    @property
+    def backlog(self) -> int:
+        """Items in the outbox, the one being sent included (0 in disk mode: the spool takes them)."""
+        return len(self._outbox)
 
     def put_points(self, body: bytes, points: int) -> int:
         """An encoded batch: JSON, or binary when :attr:`columnar`."""
@@ -298,6 +306,8 @@ class Sender(threading.Thread):
                     elif self._outbox and self._outbox[0][0] == seq:
                         self._outbox.popleft()
                         self._outbox_bytes -= len(payload)
+                        if len(self._outbox) <= 1:
+                            self.on_drained()
                     self._maybe_leave_disk()
                 elif res.outcome == "missing_run":
                     self._missing += 1

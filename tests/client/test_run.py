@@ -41,8 +41,9 @@ def test_values_arrive_bit_exact_in_batches_on_one_connection(server: FakeServer
         for _, p, _, b in server.requests
         if p.endswith("/points")
     ]
-    assert sum(sizes) == 120 and len(sizes) >= 10
-    assert max(sizes) <= 10 + 2  # cut at flush_every points (a log() call is never split)
+    assert sum(sizes) == 120 and len(sizes) >= 2
+    # cut at flush_every points, or held up to max_batch while the sender is behind (test_held_batches)
+    assert max(sizes) <= run._collector.max_batch + 2  # a log() call is never split
     assert len(server.arrivals) == 120  # each point once
     assert server.connections == 1  # one keep-alive connection for everything
     assert server.runs[run.id]["status"] == "finished"
