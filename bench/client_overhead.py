@@ -15,6 +15,12 @@ SQLite until ``run.finish()`` returns with every point stored, beside plain ``sq
 of the same rows in the same run, and measures the CPU seconds that the client's background threads
 (collector and sender) spend per million points in the training process: the process's CPU time
 minus the training thread's own (``time.process_time() - time.thread_time()``).
+
+``before_issue_13``: the same background-CPU measurement against the same sink, in the same run, of
+the client of commit ``BEFORE_ISSUE_13`` (the tree issue 13 was filed against: JSON batches built
+point by point), extracted with ``git archive``, and of this tree's client, each in a fresh
+``python -S`` process (both are standard library only; ``-S`` keeps the installed losswatch out of
+the old one's imports), alternately, three times each; the medians are compared.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+BEFORE_ISSUE_13 = "2f23a95"  # the commit issues 10-15 were filed against
 
 SINK = r"""
 import socket, sys
@@ -238,6 +245,7 @@ def measure(n_steps: int = 10000, quick: bool = False, work_dir: Path | None = N
             sink_cpu = background_cpu(url, 20_000 if quick else 100_000, spool_dir, "client-cpu")
             result["sink_points_per_s"] = sink_cpu["points_per_s"]
             result["sink_background_cpu_s_per_million_points"] = sink_cpu["background_cpu_s_per_million_points"]
+            result.update(before_issue_13(url, 20_000 if quick else 100_000, spool_dir))
     finally:
         sink.kill()
         sink.wait()
@@ -247,5 +255,47 @@ def measure(n_steps: int = 10000, quick: bool = False, work_dir: Path | None = N
     return result
 
 
-if __name__ == "__main__":
+def before_issue_13(url: str, n_steps: int, spool_dir: str, repeats: int = 3) -> dict[str, Any]:
+    """Background CPU per million points of the client of BEFORE_ISSUE_13 and of this tree's, each in
+    fresh ``python -S`` processes against the sink, alternately; {} outside a git checkout."""
+    import shutil
+    import statistics
+
+    old = Path(tempfile.mkdtemp(prefix="lw-client-before-"))
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE_ISSUE_13, "client", "pkg"],
+                                 capture_output=True, timeout=60)
+        if archive.returncode != 0:
+            return {}
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True, timeout=60)
+        cpu: dict[str, list[float]] = {"before": [], "now": []}
+        for _ in range(repeats):
+            for arm, tree in (("before", old), ("now", ROOT)):
+                proc = subprocess.run([sys.executable, "-S", str(Path(__file__).resolve()), "client-cpu", str(tree),
+                                       url, str(n_steps), spool_dir],
+                                      capture_output=True, text=True, timeout=600, check=True)
+                cpu[arm].append(json.loads(proc.stdout.strip().splitlines()[-1])["background_cpu_s_per_million_points"])
+        before, now = statistics.median(cpu["before"]), statistics.median(cpu["now"])
+        return {"before_issue_13_commit": BEFORE_ISSUE_13,
+                "fresh_process_background_cpu_s_per_million_points_before_issue_13": before,
+                "fresh_process_background_cpu_s_per_million_points_now": now,
+                "background_cpu_cut_x": before / now}
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _client_cpu_main(tree: str, url: str, n_steps: int, spool_dir: str) -> None:
+    spec = importlib.util.spec_from_file_location("losswatch", f"{tree}/pkg/__init__.py",
+                                                  submodule_search_locations=[f"{tree}/pkg", tree])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["losswatch"] = module
+    spec.loader.exec_module(module)
+    assert module.__file__ is not None and module.__file__.startswith(tree)
+    print(json.dumps(background_cpu(url, n_steps, spool_dir, "client-cpu-fresh")))
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "client-cpu":
+    _client_cpu_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+elif __name__ == "__main__":
     print(json.dumps(measure(int(sys.argv[1]) if len(sys.argv) > 1 else 10000), indent=2))

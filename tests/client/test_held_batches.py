@@ -8,8 +8,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import losswatch
 from _server import FakeServer
+
+import losswatch
 from losswatch.client import wire
 
 QUICK = {"retry_min": 0.05, "retry_max": 0.2, "heartbeat_interval": 3600.0}
