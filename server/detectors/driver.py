@@ -38,7 +38,9 @@ from losswatch.server.detectors.pointwise import resolve_level
 from losswatch.server.detectors.rules import SERIES_RULES, RuleConfig
 
 STATE_VERSION = 1
-LEVEL_WINDOW = 50
+#: the smoothed level paired rules read: 30 points (50 made a label-mapping bug's jump peak 3-6 evaluations late;
+#: docs/alerts.md gives the corpus figures)
+LEVEL_WINDOW = 30
 _ORDER = {r: i for i, r in enumerate(SERIES_RULES)}
 _LEVEL_KINDS = ("loss", "loss_component", "grad_norm")
 BASE_WINDOW = 2000  # the slow level an alert's explanation compares with
@@ -437,7 +439,10 @@ def _hand_over(findings: list[Finding], st: dict[str, Any], divergence: Any) -> 
         if divergence is None:
             continue  # divergence is silenced for this series: the spike's escalate finding says it all
         dst = st["divergence"]
-        earlier = [g for g in own if g.step <= f.step]
+        # an earlier verdict of divergence's own in this batch, still open at the escalation (one resolved
+        # before it is closed, as it would be had the points come in several batches)
+        earlier = [g for g in own if g.step <= f.step and not any(
+            r.rule == "divergence" and r.action == "resolve" and g.step <= r.step <= f.step for r in findings)]
         if earlier:
             continue
         later = [g for g in own if g.step > f.step]

@@ -27,6 +27,9 @@ from losswatch.server.detectors.base import (
     series_label,
 )
 
+#: second differences the evaluation noise is the median of (the last evaluations: a curve's bends are outliers)
+_NOISE_EVALS = 5
+
 
 @dataclass(frozen=True)
 class Overfitting(Detector):
@@ -55,7 +58,7 @@ class Overfitting(Detector):
     keep = ("first_val",)  # the run's first evaluation, kept across a resume
     patience: int = 3
     min_delta: float = 0.02
-    deviations: float = 2.0
+    deviations: float = 1.3
     giveback: float = 0.03
     strong: float = 3.0
     warmup: int = 2
@@ -83,14 +86,20 @@ class Overfitting(Detector):
             st["n"] += 1
             if st.get("first_val") is None:
                 st["first_val"] = v
-            # evaluation noise from second differences (a trend does not inflate them): for independent
-            # noise σ, |v − 2v' + v''| has mean √6·σ·√(2/π) ≈ 1.95σ
+            # evaluation noise σ from second differences (a trend does not inflate them): for independent
+            # noise, v − 2v' + v'' is N(0, 6σ²), whose absolute value has median 0.674·√6·σ ≈ 1.65σ. The median
+            # of the last `_NOISE_EVALS` (a bend of the curve is one outlier, not the scale), from the
+            # evaluations before the one judged (its own rise is not noise yet), and none from a rise under
+            # suspicion (a streak): the overfitting cannot raise its own bar
             pv, pp = st["prev_val"], st.get("prev2")
-            if pv is not None and pp is not None:
-                d2 = abs(v - 2.0 * pv + pp) / 1.95
-                st["noise"] = d2 if st.get("noise") is None else 0.7 * st["noise"] + 0.3 * d2
-            st["prev2"] = pv
             self._judge(st, s, v, tr, key, train_key, out)
+            if pv is not None and pp is not None and not st["streak"]:
+                d2s = st.setdefault("d2", [])
+                d2s.append(abs(v - 2.0 * pv + pp) / 1.65)
+                if len(d2s) > _NOISE_EVALS:
+                    del d2s[0]
+                st["noise"] = sorted(d2s)[(len(d2s) - 1) // 2]
+            st["prev2"] = pv
             st["prev_val"] = v
 
     def _judge(self, st: dict[str, Any], s: int, v: float, tr: float, key: str, train_key: str,
@@ -116,7 +125,10 @@ class Overfitting(Detector):
         # the rise must be beyond the evaluations' own noise, `min_delta` of the best, and a share
         # `giveback` of what the validation loss had gained since its first evaluation (a val loss at
         # 0.027 creeping to 0.029 after falling from 2.0 is not worth a warning)
-        margin = max(self.min_delta * abs(best), self.deviations * (st.get("noise") or 0.0),
+        # (no noise estimate yet, before the fourth evaluation: nothing is beyond a noise not yet known)
+        noise = st.get("noise")
+        scatter = 0.0 if not self.deviations else math.inf if noise is None else self.deviations * noise
+        margin = max(self.min_delta * abs(best), scatter,
                      self.giveback * (st["first_val"] - best))
         # the training loss must be below its level at the best: after a blow-up the validation loss
         # rises and the training loss falls back, which is not overfitting
@@ -160,8 +172,21 @@ def _leave(st: dict[str, Any], losses: list[float], w: int) -> None:
     del st["before"][:-w]
 
 
-def _worst(ls: list[float], lsign: float) -> int:
-    """Index of the worst loss in the window (the first of equals, as numpy's argmax)."""
+def _worst(ls: list[float], lsign: float, jump: float) -> int:
+    """Where the window is judged from: the loss's largest jump above its best before it, when one rose by
+    more than ``jump`` (relative; the first of equals, as numpy's argmax), else its worst point (the first on
+    a falling loss). A jump counts even when the window starts higher (the run's first evaluations)."""
+    k, kr = 0, -math.inf
+    best = lsign * ls[0]
+    for i in range(1, len(ls)):
+        y = lsign * ls[i]
+        r = (y - best) / (abs(best) or 1.0)
+        if r > kr:
+            k, kr = i, r
+        if y < best:
+            best = y
+    if kr > jump:
+        return k
     k = 0
     for i in range(1, len(ls)):
         if lsign * ls[i] > lsign * ls[k]:
@@ -287,16 +312,25 @@ class Misalignment(Detector):
             wl = np.concatenate((fin_l[rows], L[fa][:, None]), axis=1)
             wm = np.concatenate((fin_m[rows], arr[fa][:, None]), axis=1)
             # the same quantities as the loop's, from each window's worst loss on (see _judge)
-            k = np.argmax(lsign * wl, axis=1)
+            sl = lsign * wl
+            pb = np.minimum.accumulate(sl, axis=1)[:, :-1]  # the best before each point (from the second)
+            jr = (sl[:, 1:] - pb) / np.where(pb == 0.0, 1.0, np.abs(pb))
+            jk = np.argmax(jr, axis=1)
+            k = np.where(jr[np.arange(jr.shape[0]), jk] > self.min_delta, jk + 1, np.argmax(sl, axis=1))
             r = np.arange(wl.shape[0])
             l0, m0 = wl[r, k], wm[r, k]
             since = np.arange(w)[None, :] >= k[:, None]
             gain = lsign * (l0 - wl[:, -1]) / np.where(l0 == 0.0, 1.0, np.abs(l0))
             hi, lo_m = np.where(since, wm, -np.inf).max(axis=1), np.where(since, wm, np.inf).min(axis=1)
-            top = hi if msign > 0 else lo_m
-            rise = msign * (top - m0) / np.where(m0 == 0.0, 1.0, np.abs(m0))
-            near = ((1.0 - top <= self.ceiling) & (hi <= 1.0)) if msign > 0 else ((0.0 <= lo_m) & (top <= self.ceiling))
+            # judged from a jump: the metric's best *after* it (the evaluation at the loss's worst point may
+            # predate the metric's fall)
+            after = since & ~((np.arange(w)[None, :] == k[:, None]) & ((k > 0) & (k < w - 1))[:, None])
+            top = np.where(after, wm, -np.inf).max(axis=1) if msign > 0 else np.where(after, wm, np.inf).min(axis=1)
             pre = (np.where(since, -np.inf, wm).max(axis=1) if msign > 0 else np.where(since, np.inf, wm).min(axis=1))
+            den = np.where(m0 == 0.0, 1.0, np.abs(m0))
+            den = np.where((k > 0) & (np.abs(pre) > den), np.abs(pre), den)
+            rise = msign * (top - m0) / den
+            near = ((1.0 - top <= self.ceiling) & (hi <= 1.0)) if msign > 0 else ((0.0 <= lo_m) & (top <= self.ceiling))
             with np.errstate(invalid="ignore"):
                 lost = (k == 0) | (msign * (pre - top) > self.metric_delta * np.where(pre == 0.0, 1.0, np.abs(pre)))
             cand = (gain > self.min_delta) & (rise <= self.metric_delta) & ~near & lost
@@ -391,7 +425,7 @@ class Misalignment(Detector):
             # judged from the loss's worst point in the window on (the window's start on a falling loss):
             # after a jump (a label-mapping bug makes the loss jump, then it is learned again) the loss
             # improves from its peak while the metric stays where the jump left it
-            k = _worst(ls, lsign)
+            k = _worst(ls, lsign, self.min_delta)
             lw, mw = ls[k:], ms[k:]
             gain = lsign * (lw[0] - lw[-1]) / (abs(lw[0]) or 1.0)
             # on a loss that only comes back to where it was in the `window` evaluations before the window
@@ -400,18 +434,26 @@ class Misalignment(Detector):
             lb = None if not pl else (min(pl) if lsign > 0 else max(pl))
             ref = lw[0] if k > 0 or lb is None or lsign * lw[0] < lsign * lb else lb
             new_gain = lsign * (ref - lw[-1]) / (abs(lw[0]) or 1.0)
-            top = max(mw) if msign > 0 else min(mw)
+            # judged from a jump, the metric's best after it: the evaluation at the loss's worst point may
+            # predate the metric's fall (a 0.70 accuracy there would hide 0.41, 0.31, 0.27 after it)
+            after = mw[1:] if k > 0 and len(mw) > 1 else mw
+            top = max(after) if msign > 0 else min(after)
             # following: an improvement beyond `metric_delta` or beyond its own noise (a big validation
             # set's r² rising 0.878 → 0.891 follows the loss, slowly)
-            rise = msign * (top - mw[0]) / (abs(mw[0]) or 1.0)
+            pre = (max(ms[:k]) if msign > 0 else min(ms[:k])) if k > 0 else None
+            # relative to where the metric stood, before the jump when judged from one (an accuracy that fell
+            # from 0.47 to 0.044 and wobbles to 0.046 has not risen 4%)
+            scale = abs(mw[0]) or 1.0
+            if pre is not None and abs(pre) > scale:
+                scale = abs(pre)
+            rise = msign * (top - mw[0]) / scale
             if msign * (top - mw[0]) > self.deviations * (st.get("mnoise") or math.inf):
                 rise = math.inf
             # a metric on [0, 1] within `ceiling` of its bound (accuracy 0.97, r² 0.99) has no room to follow
             near_bound = (1.0 - top <= self.ceiling and max(mw) <= 1.0) if msign > 0 else (
                 0.0 <= min(mw) and top <= self.ceiling)
-            if k > 0:  # the metric must also have lost ground since before the peak (beyond its own noise),
-                # and not regained it
-                pre = max(ms[:k]) if msign > 0 else min(ms[:k])
+            if pre is not None:  # the metric must also have lost ground since before the peak (beyond its own
+                # noise), and not regained it
                 near_bound = near_bound or msign * (pre - top) <= max(
                     self.metric_delta * (abs(pre) or 1.0), self.deviations * (st.get("mnoise") or 0.0))
             rho = 1.0

@@ -150,7 +150,9 @@ class Plateau(Detector):
         # the LR before each point: the last finite one (forward fill), NaN before any
         pos = np.where(valid, np.arange(seg.shape[0]), -1)
         np.maximum.accumulate(pos, out=pos)
-        prev = np.concatenate(([np.nan if last_lr is None else last_lr], np.where(pos >= 0, seg[pos], np.nan)[:-1]))
+        # (before the batch's first LR point: the LR seen last, as the loop has it)
+        before = np.nan if last_lr is None else last_lr
+        prev = np.concatenate(([before], np.where(pos >= 0, seg[pos], before)[:-1]))
         with np.errstate(invalid="ignore"):
             event = valid & ((seg > prev) | (seg < lr_ref * (1.0 - self.lr_drop)))
         if lr_ref < _COLLAPSED * st["lr_max"]:  # collapsed: only a rise restarts patience

@@ -93,7 +93,10 @@ REASONS: dict[str, dict[str, str]] = {
         "is where torch/Lightning users put a `divergence_threshold` by hand.",
         "atol": "0: scale-free by default; set it for losses that approach 0.",
         "patience": "50 steps above the threshold: the smoothed value of a one-off spike falls back within "
-        "that (the spike rule reports it), a real divergence stays.",
+        "that (the spike rule reports it), a real divergence stays. A climb too fast for it (2 raw points in a row "
+        "beyond 3 margins above the best, then NaN/Inf: an explosion that overflows within a few steps) fires at "
+        "the non-finite point, inside warm-up too (corpus tuning split: divergence recall 8 → 9 of 15, all visible "
+        "ones found; a lone fp16 overflow between normal points does not fire it).",
         "warmup": "50 points before firing; the best is tracked from the 10th point, so a climb that starts in "
         "warm-up is judged against the early loss (200 missed those, issue 10).",
         "floor": "5% of the run's first loss added to the margin: a loss near 0 (0.001) rising to 0.002 is not a "
@@ -127,9 +130,13 @@ REASONS: dict[str, dict[str, str]] = {
         "patience": "3 evaluations: Lightning EarlyStopping's default patience.",
         "min_delta": "0.02: 2% above the best validation loss; with EarlyStopping's 0, evaluation noise of "
         "0.2–1% alone made half of the overfitting alarms on the benchmark's healthy runs false.",
-        "deviations": "2 noise scales of the evaluations themselves (from second differences, which a trend "
-        "does not inflate): a small validation set's scatter is not a rise (issue 10: 2% alone gave most of the "
-        "false overfitting alarms on healthy runs).",
+        "deviations": "1.3 σ of the evaluations' own noise: σ from the median of the last 5 second differences "
+        "(|v − 2v' + v''| has median 1.65σ; a trend does not inflate them and the median ignores a bend of the "
+        "curve), taken from the evaluations *before* the one judged and not from a rise under way, so an overfitting "
+        "cannot raise its own bar (the former EWMA took in the rise itself: a val loss 67% above its best counted "
+        "once and then not). A small validation set's scatter is still not a rise (issue 10: 2% alone gave most of "
+        "the false overfitting alarms on healthy runs). Corpus tuning split: 1.0-1.6 gave the same healthy false "
+        "alarms; within 3 evaluations of onset 3 → 4 of 6 at 1.3 (1.6 and 2.0: 3 of 6).",
         "giveback": "0.03: a rise must also give back 3% of the validation loss's fall from its first evaluation to "
         "its best (kept across a resume): a near-zero validation loss creeping 0.027 → 0.029 after a fall from 0.12 is "
         "not worth a warning, while the corpus tuning split's visible overfitting gave back 6-57% within 2 evaluations.",
@@ -139,9 +146,13 @@ REASONS: dict[str, dict[str, str]] = {
         "warmup": "2 evaluations: the first evaluations of a run are too early to judge a trend.",
     },
     "misalignment": {
-        "window": "6 evaluations, judged from the loss's worst point in them on (the first on a falling loss; after "
-        "a label-mapping bug's jump, the jump): on the corpus tuning split 6 found 5 of 6 label-mapping bugs; a rank "
-        "correlation over so few points is coarse, so `min_delta` and `metric_delta` carry the verdict with it.",
+        "window": "6 evaluations, judged from the loss's largest jump above its best before it when one exceeds "
+        "`min_delta` (a label-mapping bug's jump, even while the window still holds the run's first, higher losses), "
+        "else from its worst point (the first on a falling loss); from a jump, the metric's best is taken after it "
+        "(the evaluation at the loss's peak may predate the metric's fall) and its rise is relative to where it stood "
+        "before the jump (an accuracy fallen from 0.47 to 0.044 wobbling to 0.046 has not risen 4%). On the corpus "
+        "tuning split 6 found 5 of 6 label-mapping bugs; a rank correlation over so few points is coarse, so "
+        "`min_delta` and `metric_delta` carry the verdict with it.",
         "threshold": "0.3: aligned loss and metric correlate at 0.8–1.0; below 0.3 the metric is not "
         "following the loss.",
         "min_delta": "10% relative improvement of the loss over the window: at 5% the healthy runs' slow late "

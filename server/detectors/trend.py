@@ -28,6 +28,8 @@ from losswatch.server.detectors.base import (
 )
 
 _SETTLE = 10  # points of EMA before the best is tracked
+#: raw points in a row beyond 3 margins above the best, then a NaN/Inf: a blow-up (one is a spike's business)
+_RUNUP = 2
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class Divergence(Detector):
     def _fresh(self) -> dict[str, Any]:
         return {
             "n": 0, "e": 0.0, "p": 1.0, "best": None, "best_step": None, "above": None,
-            "active": False, "onset": None, "resolve_below": None,
+            "active": False, "onset": None, "resolve_below": None, "up": 0, "up_at": None,
         }
 
     def level(self, st: dict[str, Any]) -> float | None:
@@ -126,7 +128,7 @@ class Divergence(Detector):
             e, pw, sm, best = e[:n], pw[:n], sm[:n], best[:n]
         if best[-1] < st["best"]:
             st["best_step"] = steps[int(np.argmin(sm))]
-        st.update(n=st["n"] + n, e=float(e[-1]), p=float(pw[-1]), best=float(best[-1]))
+        st.update(up=0, n=st["n"] + n, e=float(e[-1]), p=float(pw[-1]), best=float(best[-1]))
         return n
 
     def _loop(self, st, steps, values, key, out) -> None:  # type: ignore[no-untyped-def]
@@ -137,11 +139,25 @@ class Divergence(Detector):
         atol = self.atol + self.floor * abs(st.get("l0") or 0.0)
         n, e, p, best, above, active = st["n"], st["e"], st["p"], st["best"], st["above"], st["active"]
         clip = math.inf if best is None else best + 3.0 * (rtol * abs(best) + atol)
+        up, up_at = st.get("up", 0), st.get("up_at")
         for s, v in zip(steps, values, strict=True):
             if v - v == 0.0:
                 y = sign * v
                 if y > clip:
                     y = clip
+                    if not active:  # a raw point beyond 3 margins above the best: the run-up of a blow-up
+                        up, up_at = up + 1, (up_at if up else s)
+                else:
+                    up = 0
+            elif not active and up >= _RUNUP and n >= _SETTLE:
+                # a climb that runs straight into Inf/NaN: too fast for `patience` (and often inside
+                # `warmup`), the divergence nobody may miss; non_finite reports the point itself
+                active = True
+                st["onset"] = up_at
+                st["resolve_below"] = best + 0.5 * (rtol * abs(best) + atol)
+                above, up = None, 0
+                out.append(self._fire(s, sign * v, best, up_at, st["best_step"], key, sign, into=True))
+                continue
             elif self.finite_only or v != v or clip == math.inf:
                 continue
             else:
@@ -189,10 +205,18 @@ class Divergence(Detector):
                     out.append(self._fire(s, sm, best, above, st["best_step"], key, sign))
             else:
                 above = None
-        st.update(n=n, e=e, p=p, best=best, above=above, active=active)
+        st.update(n=n, e=e, p=p, best=best, above=above, active=active, up=up, up_at=up_at)
 
-    def _fire(self, s: int, sm: float, best: float, above: int, best_step: int, key: str, sign: float) -> Finding:
+    def _fire(self, s: int, sm: float, best: float, above: int, best_step: int, key: str, sign: float,
+              into: bool = False) -> Finding:
         value, ref = sign * sm, sign * best
+        if into:
+            return Finding(
+                self.rule, "fire", s, value, ref, self.severity,
+                f"{series_label(key)} diverged: it climbed far above its best {num(ref)} (step {best_step:,}) "
+                f"from step {above:,} and ran into {num(value)} at step {s:,}",
+                key, above, {"into_non_finite": True},
+            )
         if sign > 0:
             how = f"is {ratio_text(value, ref)} its best {num(ref)} (step {best_step:,})"
         else:
