@@ -3,13 +3,15 @@
     .venv/bin/python bench/profile_ingest.py [N_BATCHES] [--json]
 
 The server (the real app on a fresh SQLite file, uvicorn, one process) runs in this process with a
-cProfile profiler installed in each of its threads (the event loop and the worker threads); one
+cProfile profiler installed in each of its threads (the event loop, the group-commit writer and any
+worker threads); one
 client process posts N batches of the ingest benchmark (10 series x 1,000 steps, the binary
 columnar body; ``--json`` for JSON) over one keep-alive connection. The profiles are merged and the
 own time of every function is put in one of these buckets, by the file it lives in:
 
 - parse:  ``server/services/batches.py``, ``client/wire.py``, orjson
-- store:  ``server/services/points.py``, ``server/storage/chunks.py``, SQLAlchemy, sqlite3, ``server/storage/db.py``
+- store:  ``server/services/points.py``, ``server/storage/chunks.py`` and ``chunk_batches.py``, SQLAlchemy,
+  sqlite3, ``server/storage/db.py`` (the group-commit writer's loop too)
 - detect: ``server/detectors/``, ``server/services/monitor.py``
 - alerts: ``server/services/alerts.py``, ``server/services/runs.py`` (run row, monitor state)
 - HTTP glue: uvicorn, h11/httptools, starlette, fastapi, anyio, asyncio, the route and auth
@@ -37,7 +39,8 @@ sys.path.insert(0, str(BENCH))
 
 BUCKETS = (
     ("parse", ("server/services/batches.py", "client/wire.py", "orjson")),
-    ("store", ("server/services/points.py", "server/storage/chunks.py", "sqlalchemy", "sqlite3", "server/storage/db.py")),
+    ("store", ("server/services/points.py", "server/storage/chunks.py", "server/storage/chunk_batches.py",
+               "sqlalchemy", "sqlite3", "server/storage/db.py")),
     ("detect", ("server/detectors/", "server/services/monitor.py")),
     ("alerts", ("server/services/alerts.py", "server/services/runs.py")),
     ("HTTP glue", ("uvicorn", "h11", "httptools", "starlette", "fastapi", "anyio", "asyncio", "server/api/",
@@ -116,7 +119,8 @@ def profile(n_batches: int = 60, columnar: bool = True) -> dict[str, Any]:
     return {"wall_s": wall, "points": n_batches * 10_000, "stats": stats, "columnar": columnar}
 
 
-_WAITS = ("acquire' of '_thread.lock", "poll' of 'select", "posix.read", "epoll", "select.select")
+_WAITS = ("acquire' of '_thread.lock", "poll' of 'select", "posix.read", "epoll", "select.select",
+          "get' of '_queue.SimpleQueue")  # the last: the group-commit writer waiting for work
 
 
 def summarise(result: dict[str, Any], top: int = 30) -> str:
@@ -138,7 +142,7 @@ def summarise(result: dict[str, Any], top: int = 30) -> str:
         f"({'binary columnar' if result['columnar'] else 'JSON'} body), one uvicorn process, SQLite",
         "",
         f"wall time of the client (under the profiler): {result['wall_s']:.2f} s; own time of the server's "
-        f"functions: {total:.2f} s, plus {waiting:.2f} s of threads waiting (lock acquire, poll, read), left out",
+        f"functions: {total:.2f} s, plus {waiting:.2f} s of threads waiting (lock acquire, poll, read, an empty queue), left out",
         "",
         "| bucket | own time s | share |",
         "|---|---|---|",

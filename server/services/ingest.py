@@ -1,9 +1,12 @@
 """The ingest use case: one batch, one transaction — points, summaries, detector state, alerts and
-their outbox rows commit together or not at all."""
+their outbox rows commit together or not at all. On SQLite, batches that arrive together share a
+transaction (the database's group-commit writer), each in a savepoint of its own: still all or
+nothing per batch, and a batch is answered only once it is committed."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -19,10 +22,50 @@ def ingest(db: Database, run_id: str, body: bytes, *, columnar: bool = False) ->
     """Record a batch (JSON, or the binary columnar body of ``losswatch.client.wire`` when
     ``columnar``). The answer's ``alerts`` are the run's firing alerts plus those this batch
     changed (a NaN that fired and resolved within one batch still reaches the training script)."""
-    limits = BatchLimits(db.settings.max_series_per_batch, db.settings.max_points_per_batch)
-    parse = batches.parse_columnar if columnar else batches.parse_batch
-    batch = parse(body, limits=limits)  # outside the write lock: parsing needs no database
+    batch = parse(db, body, columnar=columnar)  # outside the write lock: parsing needs no database
     return record_batch(db, run_id, batch)
+
+
+def submit(db: Database, run_id: str, prepare: Callable[[], tuple[bytes, bool]]) -> Future[dict[str, Any]] | None:
+    """:func:`ingest` through the database's group-commit writer (SQLite), for a caller that must
+    not block (the API's event loop): ``prepare()`` runs on the writer thread before the
+    transaction and gives the body and whether it is columnar (it may raise: 401/403/404/415).
+    The future resolves after the commit. None where the backend has no such writer (PostgreSQL,
+    whose writers run side by side): call :func:`ingest` then."""
+    writer = db.group_writer
+    if writer is None:
+        return None
+
+    def parsed() -> list[SeriesBatch]:
+        body, columnar = prepare()
+        return parse(db, body, columnar=columnar)
+
+    def write(session: Session, batch: list[SeriesBatch]) -> tuple[dict[str, Any], bool]:
+        return _record(session, db, run_id, batch)
+
+    done: Future[dict[str, Any]] = Future()
+    done.set_running_or_notify_cancel()  # a caller that goes away cannot cancel a batch being written
+
+    def settle(f: Future[tuple[dict[str, Any], bool]]) -> None:  # on the writer thread, after the commit
+        exc = f.exception()
+        if exc is not None:
+            done.set_exception(exc)
+            return
+        answer, changed = f.result()
+        if changed:
+            db.wake_delivery()
+        done.set_result(answer)
+
+    writer.submit(parsed, write).add_done_callback(settle)
+    return done
+
+
+def parse(db: Database, body: bytes, *, columnar: bool) -> list[SeriesBatch]:
+    return (batches.parse_columnar if columnar else batches.parse_batch)(body, limits=_limits(db))
+
+
+def _limits(db: Database) -> BatchLimits:
+    return BatchLimits(db.settings.max_series_per_batch, db.settings.max_points_per_batch)
 
 
 def record_batch(db: Database, run_id: str, batch: list[SeriesBatch],
@@ -31,21 +74,29 @@ def record_batch(db: Database, run_id: str, batch: list[SeriesBatch],
     in one transaction. ``also`` runs inside it right after the run is locked (the params and tags of
     an MLflow batch): if it raises, nothing of the batch is written."""
     with db.write() as session:
-        run = touch_run(session, run_id)
-        if also is not None:
-            also(session)
-        series = points.load_series(session, run_id, batch)
-        fresh: list[points.SeriesBatch] = []  # the detectors see only what is new (a late retry is not)
-        accepted = points.record_points(session, batch, series, fresh)
-        ctx = alerts.run_context(session, run, db.settings.public_url)
-        findings = monitor.evaluate_batch(ctx, run, fresh, series)
-        points.save_series(session, series)
-        save_monitor_state(session, run_id, run.monitor_state or {})
-        changed = alerts.apply_findings(session, ctx, findings)
-        active = alerts.active_alerts(session, run_id, also=changed)
+        answer, changed = _record(session, db, run_id, batch, also)
     if changed:
         db.wake_delivery()
-    return {"accepted": accepted, "alerts": active}
+    return answer
+
+
+def _record(session: Session, db: Database, run_id: str, batch: list[SeriesBatch],
+            also: Callable[[Session], None] | None = None) -> tuple[dict[str, Any], bool]:
+    """The writes of one batch in the caller's transaction; the answer, and whether alerts changed
+    (the caller wakes the delivery worker once that is committed)."""
+    run = touch_run(session, run_id)
+    if also is not None:
+        also(session)
+    series = points.load_series(session, run_id, batch)
+    fresh: list[points.SeriesBatch] = []  # the detectors see only what is new (a late retry is not)
+    accepted = points.record_points(session, batch, series, fresh)
+    ctx = alerts.run_context(session, run, db.settings.public_url)
+    findings = monitor.evaluate_batch(ctx, run, fresh, series)
+    points.save_series(session, series)
+    save_monitor_state(session, run_id, run.monitor_state or {})
+    changed = alerts.apply_findings(session, ctx, findings)
+    active = alerts.active_alerts(session, run_id, also=changed)
+    return {"accepted": accepted, "alerts": active}, bool(changed)
 
 
 def heartbeat(db: Database, run_id: str) -> HeartbeatResult:

@@ -1,14 +1,16 @@
 """Points: record a parsed batch (overwriting re-sent steps), read raw pages, export CSV.
 
 Ingest is one transaction per batch: the run row is touched first (that takes its lock), then the
-run's series rows are read, every touched chunk is read, merged with the new points and written back
-whole, and the series summaries are updated. The hot path uses SQLAlchemy Core statements on plain
-rows (:class:`SeriesRow`), not ORM objects: at 10,000 points per batch the ORM's unit of work costs
-more than the data.
+run's series rows are read, every touched chunk is read (one primary-key range per series), merged
+with the new points and written back whole, and the series summaries are updated. The hot path uses
+SQLAlchemy Core statements on plain rows (:class:`SeriesRow`), not ORM objects: at 10,000 points per
+batch the ORM's unit of work costs more than the data; and the batch's chunks are encoded together
+(``storage.chunk_batches.encode_many``): one chunk at a time, numpy's per-call cost was the data's.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from sqlalchemy import bindparam, func, insert, select, tuple_, update
+from sqlalchemy import Select, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from losswatch.client import wire
@@ -25,6 +27,7 @@ from losswatch.server.errors import series_not_found
 from losswatch.server.services.batches import SeriesBatch, parse_batch
 from losswatch.server.services.runs import get_run
 from losswatch.server.storage import chunks
+from losswatch.server.storage.chunk_batches import encode_many
 from losswatch.server.storage.chunks import Points
 from losswatch.server.storage.db import write_chunks
 from losswatch.server.storage.models import Chunk, Series
@@ -100,8 +103,43 @@ _UPDATE_CHUNK = (
     .where(_CHUNKS.c.series_id == bindparam("sid"), _CHUNKS.c.chunk_no == bindparam("no"))
     .values({c: bindparam(c) for c in _INSERT_COLUMNS})
 )
-_SELECT_OLD = select(_CHUNKS.c.series_id, _CHUNKS.c.chunk_no, *[_CHUNKS.c[c] for c in _INSERT_COLUMNS]).where(
-    tuple_(_CHUNKS.c.series_id, _CHUNKS.c.chunk_no).in_(bindparam("pairs", expanding=True)))
+_OLD_COLUMNS = (_CHUNKS.c.series_id, _CHUNKS.c.chunk_no, *[_CHUNKS.c[c] for c in _INSERT_COLUMNS])
+_RANGES_PER_SELECT = 100  # OR terms per statement: SQLite's parser nests them (expression depth 1000)
+
+
+@functools.cache
+def _select_old(n: int) -> Select[Any]:
+    """The stored chunks of ``n`` ranges ``(series, first chunk, last chunk)``, built once per ``n``.
+    One ``series_id = ? AND chunk_no BETWEEN ? AND ?`` term per range, OR-ed: both backends search
+    the primary key once per term (SQLite's multi-index OR, PostgreSQL's bitmap OR), where a row-value
+    ``IN`` of pairs made SQLite scan the whole table."""
+    c = _CHUNKS.c
+    return select(*_OLD_COLUMNS).where(or_(*(
+        and_(c.series_id == bindparam(f"s{i}"), c.chunk_no >= bindparam(f"a{i}"), c.chunk_no <= bindparam(f"b{i}"))
+        for i in range(n))))
+
+
+def _chunk_ranges(sid: int, nos: list[int]) -> Iterator[tuple[int, int, int]]:
+    """Runs of consecutive chunk numbers (sorted) as ``(sid, first, last)``."""
+    first = last = nos[0]
+    for no in nos[1:]:
+        if no != last + 1:
+            yield sid, first, last
+            first = no
+        last = no
+    yield sid, first, last
+
+
+def _read_old(session: Session, ranges: list[tuple[int, int, int]]) -> dict[tuple[int, int], Any]:
+    old: dict[tuple[int, int], Any] = {}
+    for at in range(0, len(ranges), _RANGES_PER_SELECT):
+        part = ranges[at:at + _RANGES_PER_SELECT]
+        params: dict[str, int] = {}
+        for i, (sid, a, b) in enumerate(part):
+            params[f"s{i}"], params[f"a{i}"], params[f"b{i}"] = sid, a, b
+        for r in session.execute(_select_old(len(part)), params):
+            old[(r[0], r[1])] = r._mapping
+    return old
 
 
 def _special(value: float) -> str | None:
@@ -118,45 +156,53 @@ def record_points(session: Session, batch: list[SeriesBatch], series: dict[str, 
     after the batches sent after it (another server process took the retry first) adds nothing
     there, so it cannot look like the run going back in time; a chunk that such a retry leaves
     unchanged is not rewritten."""
-    work: list[tuple[SeriesBatch, SeriesRow, Points, np.ndarray, np.ndarray]] = []
-    wanted: list[tuple[int, int]] = []
+    work: list[tuple[SeriesBatch, SeriesRow, list[int], list[int], list[int]]] = []
+    ranges: list[tuple[int, int, int]] = []
     for sb in batch:
-        if len(sb.points) == 0:
+        n = len(sb.points)
+        if n == 0:
             continue
         row = series[sb.key]
         nos, starts = chunks.chunk_numbers(sb.points.steps)
-        work.append((sb, row, sb.points, nos, starts))
-        wanted.extend((row.id, no) for no in nos.tolist())
+        no_list, a_list = nos.tolist(), starts.tolist()
+        work.append((sb, row, no_list, a_list, [*a_list[1:], n]))
+        ranges.extend(_chunk_ranges(row.id, no_list))
     if not work:
         return 0
-    old: dict[tuple[int, int], Any] = {}
-    for i in range(0, len(wanted), 400):
-        for r in session.execute(_SELECT_OLD, {"pairs": wanted[i : i + 400]}):
-            old[(r[0], r[1])] = r._mapping
+    old = _read_old(session, ranges)
+    # Every touched chunk, encoded together (new chunks, and appends after the stored points); an
+    # overwrite or a retry comes back None and is merged below, one chunk at a time.
+    parts: list[tuple[int, Any, Points]] = []
+    for sb, row, nos, a_list, b_list in work:
+        pts = sb.points
+        whole = len(nos) == 1
+        for no, a, b in zip(nos, a_list, b_list, strict=True):
+            new = pts if whole else Points(pts.steps[a:b], pts.values[a:b], pts.walls[a:b])
+            parts.append((no, old.get((row.id, no)), new))
+    encoded = iter(encode_many(parts))
+    given = iter(parts)
     inserts: list[dict[str, object]] = []
     updates: list[dict[str, object]] = []
     accepted = 0
     recompute: list[SeriesRow] = []
-    for sb, row, pts, nos, starts in work:
-        ends = np.append(starts[1:], len(pts))
+    for sb, row, nos, a_list, b_list in work:
+        pts = sb.points
         d_count = d_nonfinite = 0
         replaced_any = False
-        seen = np.zeros(len(pts), bool)  # points stored already with the same value
-        for no, a, b in zip(nos.tolist(), starts.tolist(), ends.tolist(), strict=True):
-            new = Points(pts.steps[a:b], pts.values[a:b], pts.walls[a:b]) if (a, b) != (0, len(pts)) else pts
-            prev = old.get((row.id, no))
-            if prev is None:
-                enc = chunks.encode(new)
-            else:  # the usual case, points after the stored ones, costs no decoding
-                enc = chunks.append(no, prev, new)  # type: ignore[assignment]
-                if enc is None:
-                    stored = chunks.decode(no, prev["steps"], prev["values"], prev["walls"])
-                    seen[a:b], same_walls = _stored_already(stored, new)
-                    if same_walls:  # a retry of stored points: nothing to write
-                        continue
-                    merged, replaced = chunks.merge(stored, new)
-                    replaced_any = replaced_any or replaced > 0
-                    enc = chunks.encode(merged)
+        seen: np.ndarray | None = None  # points stored already with the same value
+        for no, a, b in zip(nos, a_list, b_list, strict=True):
+            enc = next(encoded)
+            _, prev, new = next(given)
+            if enc is None:  # an overwrite or a retry: decode, merge, encode
+                stored = chunks.decode(no, prev["steps"], prev["values"], prev["walls"])
+                if seen is None:
+                    seen = np.zeros(len(pts), bool)
+                seen[a:b], same_walls = _stored_already(stored, new)
+                if same_walls:  # a retry of stored points: nothing to write
+                    continue
+                merged, replaced = chunks.merge(stored, new)
+                replaced_any = replaced_any or replaced > 0
+                enc = chunks.encode(merged)
             (updates if prev is not None else inserts).append({"sid": row.id, "no": no, **enc.__dict__})
             d_count += enc.count - (prev["count"] if prev is not None else 0)
             d_nonfinite += enc.nonfinite - (prev["nonfinite"] if prev is not None else 0)
@@ -166,8 +212,8 @@ def record_points(session: Session, batch: list[SeriesBatch], series: dict[str, 
             recompute.append(row)
         else:
             _extend_range(row, pts)
-        if fresh is not None and not seen.all():
-            fresh.append(sb if not seen.any() else SeriesBatch(
+        if fresh is not None and (seen is None or not seen.all()):
+            fresh.append(sb if seen is None or not seen.any() else SeriesBatch(
                 sb.key, sb.kind, sb.kind_given, Points(pts.steps[~seen], pts.values[~seen], pts.walls[~seen])))
     write_chunks(session, inserts, updates, _INSERT_CHUNK, _UPDATE_CHUNK)
     for row in recompute:  # an overwrite may have removed the old min or max

@@ -24,8 +24,8 @@ CHUNK_SHIFT = 10
 CHUNK_STEPS = 1 << CHUNK_SHIFT
 ROLLUP_SHIFT = 6
 ROLLUP_STEPS = 1 << ROLLUP_SHIFT
-_OFFSET_MASK = CHUNK_STEPS - 1
-_BITMAP_BYTES = CHUNK_STEPS // 8
+OFFSET_MASK = CHUNK_STEPS - 1
+BITMAP_BYTES = CHUNK_STEPS // 8
 
 ROLLUP_DTYPE = np.dtype(
     [
@@ -40,8 +40,8 @@ ROLLUP_DTYPE = np.dtype(
     ]
 )
 
-_WALL_DELTA32 = 1
-_WALL_RAW64 = 2
+WALL_DELTA32 = 1
+WALL_RAW64 = 2
 
 
 @dataclass
@@ -108,8 +108,8 @@ def merge(old: Points, new: Points) -> tuple[Points, int]:
 
 
 def encode_steps(steps: np.ndarray) -> bytes:
-    offsets = (steps & _OFFSET_MASK).astype(np.uint16)
-    if offsets.shape[0] * 2 >= _BITMAP_BYTES:
+    offsets = (steps & OFFSET_MASK).astype(np.uint16)
+    if offsets.shape[0] * 2 >= BITMAP_BYTES:
         bits = np.zeros(CHUNK_STEPS, np.uint8)
         bits[offsets] = 1
         return np.packbits(bits).tobytes()
@@ -119,7 +119,7 @@ def encode_steps(steps: np.ndarray) -> bytes:
 def decode_steps(blob: bytes, chunk_no: int) -> np.ndarray:
     base = chunk_no << CHUNK_SHIFT
     raw = np.frombuffer(blob, np.uint8)
-    if raw.shape[0] == _BITMAP_BYTES:
+    if raw.shape[0] == BITMAP_BYTES:
         offsets = np.flatnonzero(np.unpackbits(raw))
     else:
         offsets = np.frombuffer(blob, "<u2")
@@ -128,20 +128,20 @@ def decode_steps(blob: bytes, chunk_no: int) -> np.ndarray:
 
 def encode_walls(walls: np.ndarray) -> bytes:
     if walls.shape[0] == 0:
-        return bytes([_WALL_RAW64])
+        return bytes([WALL_RAW64])
     deltas = np.diff(walls)
     if deltas.shape[0] == 0 or (deltas.min() >= -(2**31) and deltas.max() < 2**31):
         return (
-            bytes([_WALL_DELTA32])
+            bytes([WALL_DELTA32])
             + walls[:1].astype("<i8").tobytes()
             + deltas.astype("<i4").tobytes()
         )
-    return bytes([_WALL_RAW64]) + walls.astype("<i8").tobytes()
+    return bytes([WALL_RAW64]) + walls.astype("<i8").tobytes()
 
 
 def decode_walls(blob: bytes) -> np.ndarray:
     fmt = blob[0]
-    if fmt == _WALL_DELTA32:
+    if fmt == WALL_DELTA32:
         base = np.frombuffer(blob, "<i8", count=1, offset=1)
         deltas = np.frombuffer(blob, "<i4", offset=9).astype(np.int64)
         out = np.empty(deltas.shape[0] + 1, np.int64)
@@ -154,7 +154,7 @@ def decode_walls(blob: bytes) -> np.ndarray:
 
 def rollup(points: Points) -> np.ndarray:
     """One :data:`ROLLUP_DTYPE` record per non-empty 64-step sub-bucket."""
-    offsets = points.steps & _OFFSET_MASK
+    offsets = points.steps & OFFSET_MASK
     sub = offsets >> ROLLUP_SHIFT
     starts = np.concatenate(([0], np.flatnonzero(sub[1:] != sub[:-1]) + 1))
     ends = np.concatenate((starts[1:], [offsets.shape[0]])) - 1
@@ -227,16 +227,16 @@ def append(chunk_no: int, prev: dict[str, object], new: Points) -> EncodedChunk 
     if roll_old.shape[0] == 0 or offsets[0] <= int(roll_old[-1]["last"]):
         return None
     walls_blob: bytes = prev["walls"]  # type: ignore[assignment]
-    if walls_blob[0] != _WALL_DELTA32:
+    if walls_blob[0] != WALL_DELTA32:
         return None
     deltas = np.diff(new.walls, prepend=np.int64(roll_old[-1]["lastwall"]))
     if deltas.min() < -(2**31) or deltas.max() >= 2**31:
         return None
     count = int(prev["count"]) + len(new)  # type: ignore[call-overload]
     steps_blob: bytes = prev["steps"]  # type: ignore[assignment]
-    if len(steps_blob) == _BITMAP_BYTES or count * 2 >= _BITMAP_BYTES:
+    if len(steps_blob) == BITMAP_BYTES or count * 2 >= BITMAP_BYTES:
         bits = np.zeros(CHUNK_STEPS, np.uint8)
-        if len(steps_blob) == _BITMAP_BYTES:
+        if len(steps_blob) == BITMAP_BYTES:
             bits[:] = np.unpackbits(np.frombuffer(steps_blob, np.uint8))
         else:
             bits[np.frombuffer(steps_blob, "<u2")] = 1
@@ -283,21 +283,21 @@ def decode_many(chunk_nos: np.ndarray, steps: list[bytes], values: list[bytes], 
     n = int(counts.sum())
     firsts = np.cumsum(counts) - counts
     nos = np.asarray(chunk_nos, np.int64)
-    dense = np.flatnonzero(np.fromiter((len(s) == _BITMAP_BYTES for s in steps), bool, k))
+    dense = np.flatnonzero(np.fromiter((len(s) == BITMAP_BYTES for s in steps), bool, k))
     st = np.empty(n, np.int64)
     if dense.shape[0]:
         bits = np.unpackbits(np.frombuffer(b"".join([steps[i] for i in dense.tolist()]), np.uint8)
-                             .reshape(dense.shape[0], _BITMAP_BYTES), axis=1)
+                             .reshape(dense.shape[0], BITMAP_BYTES), axis=1)
         row, col = np.nonzero(bits)  # row-major: chunk by chunk, offsets ascending
         if dense.shape[0] == k:
             st[:] = (nos[row] << CHUNK_SHIFT) + col
         else:
             at = np.cumsum(counts[dense]) - counts[dense]  # where each dense chunk starts among row/col
             st[firsts[dense][row] + np.arange(row.shape[0]) - at[row]] = (nos[dense][row] << CHUNK_SHIFT) + col
-    for i in np.flatnonzero(np.fromiter((len(s) != _BITMAP_BYTES for s in steps), bool, k)).tolist():
+    for i in np.flatnonzero(np.fromiter((len(s) != BITMAP_BYTES for s in steps), bool, k)).tolist():
         st[firsts[i]:firsts[i] + counts[i]] = decode_steps(steps[i], int(nos[i]))
     fmt = np.fromiter((w[0] for w in walls), np.uint8, k)
-    if k and (fmt == _WALL_DELTA32).all():
+    if k and (fmt == WALL_DELTA32).all():
         bases = np.frombuffer(b"".join([w[1:9] for w in walls]), "<i8")
         step_up = np.empty(n, np.int64)
         inner = np.ones(n, bool)

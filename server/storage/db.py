@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine
@@ -16,6 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from losswatch.server.settings import Settings
 
 log = logging.getLogger("losswatch.server")
+T = TypeVar("T")
+P = TypeVar("P")
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -58,6 +62,8 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time; serialising writers in-process avoids busy waits.
         self._write_lock: threading.Lock | None = threading.Lock() if settings.is_sqlite else None
+        self._group: GroupWriter | None = None
+        self._group_lock = threading.Lock()
         self.outbox_event = threading.Event()
 
     @contextmanager
@@ -75,12 +81,126 @@ class Database:
             with self.sessions() as session, session.begin():
                 yield session
 
+    @property
+    def group_writer(self) -> GroupWriter | None:
+        """SQLite: the group-commit writer (started on first use); None on other backends, whose
+        writers run side by side."""
+        if self._write_lock is None:
+            return None
+        with self._group_lock:
+            if self._group is None:
+                self._group = GroupWriter(self)
+            return self._group
+
     def wake_delivery(self) -> None:
         """New outbox rows were committed: let the delivery worker look now, not at its next tick."""
         self.outbox_event.set()
 
     def dispose(self) -> None:
+        if self._group is not None:
+            self._group.stop()
         self.engine.dispose()
+
+
+class GroupWriter:
+    """Group commit for SQLite, which has one writer at a time: one thread makes the writes of all
+    submitted work. What was queued while a transaction ran is taken together into the next one,
+    each piece in a SAVEPOINT of its own (a piece that raises is rolled back alone and its caller
+    gets the error), with one commit for all; every caller's future is resolved after that commit.
+
+    Measured reason (bench ``ingest``, 8 clients): with a thread per request, the request threads
+    parse and queue on the write lock while the holder shares the GIL with them, so the critical
+    section stretches and 8 clients were slower than 1. Here the threads that wait are the
+    event loop's coroutines, the holder is alone, and 8 batches cost one commit instead of 8."""
+
+    MAX_GROUP = 16
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Callable[[Session, Any], Any], Future[Any]] | None]
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="losswatch-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, prepare: Callable[[], P], write: Callable[[Session, P], T]) -> Future[T]:
+        """``prepare()`` runs on the writer thread outside the transaction (checks and parsing:
+        what needs no lock), then ``write(session, prepared)`` inside it. The future holds what
+        ``write`` returned once it is committed, or the exception of either."""
+        fut: Future[T] = Future()
+        self._queue.put((prepare, write, fut))
+        return fut
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            group = [item]
+            stop = False
+            while len(group) < self.MAX_GROUP:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+            try:
+                self._run(group)
+            except BaseException as exc:  # never leave a caller waiting
+                log.exception("the group-commit writer failed")
+                for _, _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            if stop:
+                return
+
+    def _run(self, group: list[tuple[Callable[[], Any], Callable[[Session, Any], Any], Future[Any]]]) -> None:
+        ready: list[tuple[Callable[[Session, Any], Any], Future[Any], Any]] = []
+        for prepare, write, fut in group:
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                ready.append((write, fut, prepare()))
+            except BaseException as exc:
+                fut.set_exception(exc)
+        if not ready:
+            return
+        if len(ready) == 1:  # alone: its own transaction is its savepoint
+            write, fut, prepared = ready[0]
+            try:
+                with self._db.write() as session:
+                    result = write(session, prepared)
+            except BaseException as exc:
+                fut.set_exception(exc)
+                return
+            fut.set_result(result)
+            return
+        done: list[tuple[Future[Any], Any]] = []
+        try:
+            with self._db.write() as session:
+                # pysqlite opens a transaction only before DML, so a first SAVEPOINT would open (and
+                # its RELEASE commit) one of its own: open the group's transaction explicitly.
+                conn = session.connection()
+                if not conn.connection.driver_connection.in_transaction:  # type: ignore[union-attr]
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                for write, fut, prepared in ready:
+                    try:
+                        with session.begin_nested():
+                            done.append((fut, write(session, prepared)))
+                    except Exception as exc:  # rolled back to its savepoint: the others stand
+                        fut.set_exception(exc)
+        except BaseException as exc:  # the commit failed: nothing of the group was written
+            for fut, _ in done:
+                fut.set_exception(exc)
+            return
+        for fut, result in done:
+            fut.set_result(result)
 
 
 def _alembic_config(url: str) -> Any:

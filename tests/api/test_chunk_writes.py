@@ -117,3 +117,29 @@ def test_a_retried_batch_is_not_rewritten_nor_shown_to_the_detectors(database: D
     half = series_batch("nan", range(350, 450), np.full(100, math.nan))
     (fresh,) = store(database, rid, [half])
     assert fresh.points.steps.tolist() == list(range(400, 450))
+
+
+def test_the_stored_chunks_of_a_batch_are_found_by_the_primary_key(database: Database,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read of a batch's stored chunks searches the primary key once per range of chunks, on
+    a run with many chunks too (a row-value ``IN`` of pairs made SQLite scan the whole table, a cost
+    that grew with the database), and finds exactly the wanted chunks."""
+    rid = new_run(database, "plan")
+    steps = np.arange(0, 40 * chunks.CHUNK_STEPS, 7)
+    store(database, rid, [series_batch("a", steps, np.ones(steps.shape[0])),
+                          series_batch("b", steps, np.ones(steps.shape[0]))])
+    with database.read() as s:
+        ids = dict(s.execute(select(Series.key, Series.id).where(Series.run_id == rid)).all())
+        ranges = [(ids["a"], 3, 5), (ids["b"], 0, 0), (ids["b"], 39, 45)]
+        found = points._read_old(s, ranges)
+        assert sorted(found) == sorted([(ids["a"], 3), (ids["a"], 4), (ids["a"], 5), (ids["b"], 0), (ids["b"], 39)])
+        monkeypatch.setattr(points, "_RANGES_PER_SELECT", 2)  # more ranges than one statement takes
+        assert points._read_old(s, ranges).keys() == found.keys()
+        if database.engine.dialect.name == "sqlite":
+            stmt = points._select_old(len(ranges))
+            sql = str(stmt.compile(dialect=database.engine.dialect))
+            params = [v for r in ranges for v in r]
+            plan = s.connection().exec_driver_sql("EXPLAIN QUERY PLAN " + sql, tuple(params)).all()
+            details = [row[-1] for row in plan]
+            assert not any(d.startswith("SCAN chunks") for d in details), details
+            assert any("SEARCH chunks" in d for d in details), details
