@@ -7,7 +7,7 @@ Layout of a chunk row (bytes per point for a dense series in brackets):
 - ``values``: the float64 values, little-endian, bit for bit (NaN payloads and -0.0 survive) [8]
 - ``walls``: wall times in integer microseconds: a format byte, then either an int64 base and
   int32 deltas [4] or, when a delta does not fit, plain int64s [8]
-- ``steps``: the step offsets inside the chunk, either as a 512-byte bitmap of the 4096 slots
+- ``steps``: the step offsets inside the chunk, either as a 128-byte bitmap of the 1024 slots
   (dense chunks) [0.125] or as uint16 offsets (sparse chunks)
 - ``rollup``: one record per non-empty 64-step sub-bucket (:data:`ROLLUP_DTYPE`) [0.6]
 

@@ -1,7 +1,7 @@
 """The storage model (SQLAlchemy 2, typed). The schema itself is made only by Alembic migrations.
 
-Points are not stored one row each: a series' points live in **chunks** of 4096 consecutive
-steps (``chunk_no = step >> 12``), each a row with the packed arrays and a roll-up of 64-step
+Points are not stored one row each: a series' points live in **chunks** of 1024 consecutive
+steps (``chunk_no = step >> 10``), each a row with the packed arrays and a roll-up of 64-step
 sub-buckets (min, max, last, counts). A coarse query reads only the roll-ups, so drawing a
 million-point series costs O(chunks), and a point costs about 13 bytes on disk
 (see ``losswatch.server.storage.chunks``).
@@ -127,7 +127,7 @@ class Series(Base):
 
 
 class Chunk(Base):
-    """Up to 4096 consecutive steps of one series, packed (see ``losswatch.server.storage.chunks``)."""
+    """Up to 1024 consecutive steps of one series, packed (see ``losswatch.server.storage.chunks``)."""
 
     __tablename__ = "chunks"
 
