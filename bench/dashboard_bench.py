@@ -12,7 +12,8 @@
    (``performance.now()`` when the page sets ``window.__losswatchReady`` / ``body[data-ready]``),
    once cold and then ``repeats`` more times (median), and
 4. times zooms (what a drag calls, ``compare.zoomSteps(start, end)``: query + redraw of the panels in view;
-   ``zoom_all_panels_*``: until the panels far off screen have their data too).
+   ``zoom_all_panels_*``: until the panels far off screen have their data too),
+5. and measures the same with the page scripts of BEFORE_COMMIT (before issue 11) as the peer of the run.
 
 The size is a parameter (``--points`` / ``LOSSWATCH_BENCH_POINTS``) for slow machines; the result says
 which size was used.
@@ -131,7 +132,21 @@ def seed(url: str, runs: int, points: int) -> tuple[list[str], float, int]:
     return ids, time.perf_counter() - t0, sent
 
 
-def _browse(url: str, ids: list[str], points: int, repeats: int) -> dict[str, Any]:
+def _serve_assets(context: Any, assets: dict[str, bytes] | None) -> None:
+    """Serve these page scripts and CSS (by file name) in place of the server's, for a peer measurement."""
+    def serve(route: Any) -> None:
+        name = route.request.url.split("?")[0].rsplit("/", 1)[-1]
+        if assets is not None and name in assets:
+            kind = "text/css" if name.endswith(".css") else "text/javascript"
+            route.fulfill(status=200, body=assets[name], content_type=kind)
+        else:
+            route.continue_()
+
+    if assets is not None:
+        context.route("**/static/*", serve)
+
+
+def _browse(url: str, ids: list[str], points: int, repeats: int, assets: dict[str, bytes] | None = None) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     keys = "&".join("key=" + k.replace("/", "%2F") for k, _ in KEYS)
@@ -146,6 +161,7 @@ def _browse(url: str, ids: list[str], points: int, repeats: int) -> dict[str, An
         try:
             for i in range(1 + repeats):
                 context = browser.new_context(viewport={"width": 1600, "height": 1000})
+                _serve_assets(context, assets)
                 page = context.new_page()
                 page.goto(url + path)
                 page.wait_for_selector("body[data-ready='1']", state="attached", timeout=120_000)
@@ -167,6 +183,7 @@ def _browse(url: str, ids: list[str], points: int, repeats: int) -> dict[str, An
     panels = last.get("panels", [])
     loss = next((p for p in panels if p["key"] == "train/loss"), {})
     return {
+        "panels_drawn_at_first_draw": last.get("panelsDrawnAtReady"),
         "first_draw_ms_cold": round(loads[0], 1),
         "first_draw_ms_median": round(statistics.median(loads[1:] or loads), 1),
         "first_draw_ms_all": [round(x, 1) for x in loads],
@@ -200,9 +217,22 @@ def measure(points: int | None = None, runs: int = 10, repeats: int = 3, keep: b
             "runs": runs, "series_per_run": len(KEYS), "points_per_series": points,
             "points_ingested": sent, "seed_seconds": round(seed_s, 1),
             "ingest_points_per_s": round(sent / seed_s) if seed_s else None,
-            "goal_first_draw_ms": 1500, "goal_zoom_ms": 300,
+            "goal_first_draw_ms": 1000, "goal_zoom_ms": 200,
+            "notes": ["Headless Chromium at 1600x1000. first draw: navigation until the panels in or near the "
+                      "viewport have drawn (panels_drawn_at_first_draw of panels); zoom: what a drag calls, until the "
+                      "panels in view are redrawn (zoom_all_panels: until every panel has its data).",
+                      "before_issue_11: the same measurements, same run, server and data, with the page scripts and "
+                      "CSS of the commit named there; *_speedup_x = before / now (medians).",
+                      "Goals (issue 11): first draw <= 1,000 ms, zoom <= 200 ms."],
         }
         result.update(_browse(url, ids, points, repeats))
+        before = _before_assets()
+        if before is not None:
+            peer = _browse(url, ids, points, repeats, before)
+            result["before_issue_11"] = {"commit": BEFORE_COMMIT[:12], **{k: v for k, v in peer.items() if not isinstance(v, (list, dict))}}
+            for key in ("first_draw_ms_median", "zoom_ms_median"):
+                if peer.get(key) and result.get(key):
+                    result[f"{key.removesuffix('_median').removesuffix('_ms')}_speedup_x"] = round(peer[key] / result[key], 2)
         return result
     finally:
         proc.terminate()
@@ -321,14 +351,6 @@ def _browse_sweep(url: str, ids: list[str], steps: int, repeats: int,
                   assets: dict[str, bytes] | None = None) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
-    def serve_before(route: Any) -> None:
-        name = route.request.url.split("?")[0].rsplit("/", 1)[-1]
-        if assets is not None and name in assets:
-            kind = "text/css" if name.endswith(".css") else "text/javascript"
-            route.fulfill(status=200, body=assets[name], content_type=kind)
-        else:
-            route.continue_()
-
     path = f"/p/sweep/compare?runs={','.join(ids)}"
     loads: list[float] = []
     queries: list[float] = []
@@ -339,8 +361,7 @@ def _browse_sweep(url: str, ids: list[str], steps: int, repeats: int,
         try:
             for i in range(1 + repeats):
                 context = browser.new_context(viewport={"width": 1280, "height": 800})
-                if assets is not None:
-                    context.route("**/static/*", serve_before)
+                _serve_assets(context, assets)
                 page = context.new_page()
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -351,6 +372,7 @@ def _browse_sweep(url: str, ids: list[str], steps: int, repeats: int,
                 queries.append(float(info["queries"][0]["ms"]))
                 if i == repeats:
                     out["panels"] = len(info["panels"])
+                    out["panels_drawn_at_first_draw"] = info.get("panelsDrawnAtReady")
                     out["lines_per_panel"] = max(len(p["runs"]) for p in info["panels"])
                     out["buckets_per_series"] = max(max(p["points"] or [0]) for p in info["panels"])
                     first = page.evaluate(_INPUT_TO_DRAWN, ["smoothing", 0.6])
@@ -404,12 +426,15 @@ def measure_dashboard_sweep(quick: bool = False, steps: int | None = None, runs:
                       "next frame (the redraw of every panel, uPlot's paint included); zoom: query + redraw.",
                       "before_issue_11: the same measurements, same run, same server and data, with the page scripts "
                       "and CSS of the commit named there; *_speedup_x = before / now (medians).",
-                      "Panels more than 200 px outside the viewport redraw when they come near it; the figures are "
-                      "the redraw a person sees (4-6 of the 12 panels at 1280x800).",
+                      "Panels more than 200 px outside the viewport draw and redraw when they come near it; the "
+                      "figures are the drawing a person sees (panels_drawn_at_first_draw of the 12 at the first "
+                      "draw, 4-6 on a change at 1280x800). The page reads the query's binary answer (format=binary).",
                       "Zoom: what a drag calls (the view's zoomSteps), until the panels in view are redrawn; the "
-                      "keys that only panels far off screen show come in a second query after that "
+                      "keys that only panels far off screen show come in a last query after that "
                       "(zoom_all_panels_ms_median: until it has been answered and handed to them too). "
-                      "zoom_query_ms_all: both queries of each zoom, in order.",
+                      "zoom_query_ms_all: the queries of each zoom in the order they were answered (the panels in "
+                      "view, alongside them the components only the stacked panel in view shows for its one run, "
+                      "then the far panels).",
                       "Goals (issue 11): first draw <= 1,000 ms, smoothing change <= 50 ms, log toggle <= 100 ms, "
                       "zoom <= 150 ms."],
             "runs": runs, "series_per_run": len(SWEEP_DENSE) + len(SWEEP_EVAL), "steps": steps,

@@ -21,6 +21,12 @@ import { drawBandLayer, drawMarkers } from "./chart-layers.js";
 export { smoothEMA, nearestIndex, quantile, logSplits, linearSplits } from "./chart-math.js";
 
 let panelCounter = 0;
+// A panel this close to the viewport (css px) counts as on screen: drawn, not deferred.
+const NEAR_PX = 200;
+// A readout row's height and the readout's maximum height (.readout-row and .readout in app.css).
+const READOUT_ROW_PX = 17, READOUT_MAX_PX = 140;
+// More lines than this in a panel: drawn 1 css px wide (see _create).
+const DENSE_LINES = 8;
 
 export class Panel {
   /**
@@ -56,6 +62,9 @@ export class Panel {
     this.readout = el("div", { class: "readout" });
     this.tooltip = el("div", { class: "marker-tip", hidden: true, role: "tooltip" });
     this.empty = el("p", { class: "muted empty", text: "no data yet", hidden: true });
+    // Until the lines arrive, the readout keeps the room their rows will take (capped as .readout's
+    // max-height is), so that the layout read before the first draw already places the panels below.
+    if (opts.lines) this.readout.style.minHeight = Math.min(READOUT_MAX_PX, opts.lines * READOUT_ROW_PX) + "px";
     this.root.append(this.header, this.plotBox, this.empty, this.note, this.readout);
     container.append(this.root);
     this.readout.addEventListener("click", (e) => {
@@ -74,9 +83,20 @@ export class Panel {
       this.observer = new IntersectionObserver((entries) => {
         for (const e of entries) this.onscreen = e.isIntersecting;
         if (this.onscreen && this.dirty) this.flush();
-      }, { rootMargin: "200px 0px" });
+      }, { rootMargin: `${NEAR_PX}px 0px` });
       this.observer.observe(this.root);
     }
+  }
+
+  /**
+   * Whether the panel is in or near the viewport (the observer's margin), read from the layout now. The
+   * observer reports only after the next frame; without this, the first data would draw every panel,
+   * far ones included. Call it after a layout has been forced (the owner reads every width first).
+   */
+  measureOnscreen() {
+    const box = this.root.getBoundingClientRect();
+    this.onscreen = box.bottom > -NEAR_PX && box.top < (window.innerHeight || 0) + NEAR_PX;
+    return this.onscreen;
   }
 
   /** Draw what a deferred render() left; info() and the PNG call it, so they never see stale state. */
@@ -315,17 +335,22 @@ export class Panel {
     }
     // NaN/Inf are bridged; on a log axis the points left out (≤ 0) break the line.
     const gaps = (u, i, i0, i1, nullGaps) => (this.view.log ? nullGaps : []);
+    // Many lines in a panel are drawn one pixel wide: a canvas strokes a one-pixel line as a hairline, a
+    // wider one as a polygon, which costs several times as much to rasterise without a GPU (a zoom of a
+    // 20-run sweep spent most of its time there); 20 thick lines hide each other anyway. Few lines keep
+    // the wider strokes.
+    const dense = this.runs.length > DENSE_LINES;
     for (const r of this.opts.stacked ? [] : this.runs) {
       const points = { show: this._showPoints(r), size: 6, width: 1, fill: r.color, stroke: r.color };
       const show = !this._isHidden(r);
       // With smoothing, the faint raw line is drawn on the band layer (it does not change with the
       // weight); its uPlot series stays, hidden, so that the series keep their places.
-      series.push({ label: r.label, stroke: smoothing ? r.colorFaint : r.color, width: smoothing ? 1 : 1.5,
+      series.push({ label: r.label, stroke: smoothing ? r.colorFaint : r.color, width: smoothing || dense ? 1 : 1.5,
         spanGaps: false, gaps, points: smoothing ? { show: false } : points, show: show && !smoothing });
       this.seriesRuns.push(r.id);
       this.rawSeries.add(series.length - 1);
       if (smoothing) {
-        series.push({ label: r.label + " (smoothed)", stroke: r.color, width: 1.75, spanGaps: false, gaps, points, show });
+        series.push({ label: r.label + " (smoothed)", stroke: r.color, width: dense ? 1 : 1.75, spanGaps: false, gaps, points, show });
         this.seriesRuns.push(r.id);
       }
     }
@@ -484,30 +509,51 @@ export class Panel {
   }
 
   _updateReadout(x) {
-    const rows = [];
+    // A row per line, kept and updated in place (only the texts that changed): a smoothing change or a
+    // cursor move re-sorts and re-labels the rows, it does not rebuild them in every panel.
+    const kept = this.readoutCache || (this.readoutCache = new Map());
+    const order = [];
+    const live = new Set();
     for (const { r, i, text } of this.readoutRows(x)) {
+      let c = kept.get(r.id);
+      if (!c || c.label !== r.label || c.color !== r.color) {
+        const value = el("span", { class: "readout-value" }), at = el("span", { class: "readout-x muted" });
+        const row = el("div", { class: "readout-row", dataset: { id: r.id } },
+          el("span", { class: "swatch", style: `background:${r.color}` }),
+          el("span", { class: "readout-label", text: r.label, title: r.label }), value, at);
+        c = { row, value, at, label: r.label, color: r.color, cls: null, title: null, text: null, x: null };
+        kept.set(r.id, c);
+      }
+      live.add(r.id);
       const hidden = this._isHidden(r);
-      const row = el("div", { class: "readout-row" + (hidden ? " off" : "") + (r.id === this.highlighted ? " hot" : ""),
-        dataset: { id: r.id }, title: hidden ? "hidden: click to show" : "click to hide" },
-        el("span", { class: "swatch", style: `background:${r.color}` }),
-        el("span", { class: "readout-label", text: r.label, title: r.label }));
+      const cls = "readout-row" + (hidden ? " off" : "") + (r.id === this.highlighted ? " hot" : "");
+      if (c.cls !== cls) c.row.className = c.cls = cls;
+      const title = hidden ? "hidden: click to show" : "click to hide";
+      if (c.title !== title) c.row.title = c.title = title;
+      let value = "—", at = "";
       if (i >= 0) {
         const bits = [text];
         if (r.width > 1 && fin(r.min[i]) && fin(r.max[i])) bits.push(`min ${fmtNum(r.min[i])} max ${fmtNum(r.max[i])}`);
         if (r.nonfinite[i]) bits.push(`${r.nonfinite[i]} non-finite`);
-        row.append(el("span", { class: "readout-value", text: bits.join(" · ") }),
-          el("span", { class: "readout-x muted", text: this._fmtX(r.xs[i]) }));
-      } else {
-        row.append(el("span", { class: "readout-value muted", text: "—" }));
+        value = bits.join(" · ");
+        at = this._fmtX(r.xs[i]);
       }
-      rows.push(row);
+      if (c.text !== value) { c.value.textContent = c.text = value; c.value.classList.toggle("muted", i < 0); }
+      if (c.x !== at) c.at.textContent = c.x = at;
+      order.push(c.row);
     }
-    this.readout.replaceChildren(...rows);
+    for (const id of [...kept.keys()]) if (!live.has(id)) kept.delete(id);
+    const now = this.readout.children;
+    let same = now.length === order.length;
+    for (let k = 0; same && k < order.length; k++) same = now[k] === order[k];
+    if (!same) this.readout.replaceChildren(...order);
+    if (order.length) this.readout.style.minHeight = "";
   }
 
-  /** Summary for tests and the benchmark: what the chart holds, not its pixels. */
-  info() {
-    this.flush();
+  /** Summary for tests and the benchmark: what the chart holds, not its pixels; drawn first (a panel
+   * left for later included) unless `flush` is false. */
+  info({ flush = true } = {}) {
+    if (flush) this.flush();
     const u = this.u;
     return {
       key: this.key, kind: this.opts.kind, stacked: !!this.opts.stacked,

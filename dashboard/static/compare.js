@@ -12,7 +12,7 @@ import { el, clear, api, apiUrl, fetchAlerts, setStatus, runLabel, projectUrl, K
 import { Panel } from "./chart.js";
 import { PALETTE, assignColors } from "./palette.js";
 import { readState, stateQuery, X_MODES, AGGREGATES } from "./compare-state.js";
-import { fetchRuns, startQuery, takePrefetched, decodeSeries, stackPlan, fieldValue, valueLabel, compareValues, groupFields } from "./compare-data.js";
+import { fetchRuns, startQuery, takePrefetched, fetchQuery, stackPlan, fieldValue, valueLabel, compareValues, groupFields } from "./compare-data.js";
 import { valueSlots, runColors, panelLine, groupLine, stepToX, singleXRange } from "./compare-lines.js";
 import { renderChips, renderKeysPicker, renderExport, renderAddRuns, renderAlerts, renderSweep, renderYLimit } from "./compare-view.js";
 
@@ -21,6 +21,8 @@ export { stackPlan } from "./compare-data.js";
 export { singleXRange } from "./compare-lines.js";
 
 const LIVE_INTERVAL_MS = 1000;
+// A zoom's finer data slower than this: the panels in view narrow first with the data they hold.
+const NARROW_AFTER_MS = 150;
 
 function kindRank(kind) {
   const i = KIND_ORDER.indexOf(kind);
@@ -191,7 +193,9 @@ export class Compare {
       await new Promise((r) => requestAnimationFrame(() => r()));
       document.body.dataset.ready = "1";
       this.readyAt = performance.now();
-      this._resolveReady(this.info());
+      this.panelsDrawnAtReady = this._allPanels().filter((p) => p.u).length;
+      // Not drawing the panels far off screen now: they draw when they come near the viewport.
+      this._resolveReady(this.info({ flush: false }));
       this._startLive();
     } catch (err) {
       setStatus(this.statusLine, "Could not load the comparison: " + err.message, "error");
@@ -464,6 +468,7 @@ export class Compare {
       onReset: () => this.resetZoom(),
       onToggle: (id) => this.toggleRun(id),
       onHighlight: (id) => this.highlight(id),
+      lines: this.state.groupby ? 0 : this.runs.size,
     };
     const keys = this.viewKeys();
     keys.sort((a, b) => kindRank(a[1]) - kindRank(b[1]));
@@ -478,7 +483,8 @@ export class Compare {
       const plan = stackPlan(this.runs.get(stackRun));
       const grid = section("loss");
       this.stackPanel = new Panel(grid, { ...common, key: "stacked:" + stackRun, kind: "loss_component", stacked: true,
-        title: `stacked contributions · ${runLabel(this.runs.get(stackRun))}`, pngName: "stacked-" + stackRun, plan, run: stackRun });
+        title: `stacked contributions · ${runLabel(this.runs.get(stackRun))}`, pngName: "stacked-" + stackRun, plan, run: stackRun,
+        lines: plan.comps.length + (plan.total ? 1 : 0) });
       const candidates = [...this.runs.keys()].filter((id) => stackPlan(this.runs.get(id)));
       if (candidates.length > 1) {
         const pick = el("select", { class: "small stack-run", title: runLabel(this.runs.get(stackRun)), "aria-label": "run whose contributions are stacked" },
@@ -489,8 +495,10 @@ export class Compare {
       }
     }
     renderExport(this.exportBox, this.runs, this.viewKeys().map(([k]) => k));
-    // Every panel's width from one layout now, not one forced layout per panel while they are drawn.
+    // Every panel's width and place from one layout now, not one forced layout per panel while they are
+    // drawn; panels far below the viewport wait until they come near it (their observer then draws them).
     for (const p of this._allPanels()) p.width();
+    if (typeof IntersectionObserver === "function") for (const p of this._allPanels()) p.measureOnscreen();
   }
 
   _queryKeys() {
@@ -523,15 +531,20 @@ export class Compare {
     if (this.inflight) this.inflight.abort();
     const ctrl = new AbortController();
     this.inflight = ctrl;
-    const far = early ? new Set() : this._farKeys(keys);
-    const near = keys.filter((k) => !far.has(k));
+    const { far, stackOnly } = early ? { far: new Set(), stackOnly: new Set() } : this._farKeys(keys);
+    const near = keys.filter((k) => !far.has(k) && !stackOnly.has(k));
+    const later = [...far, ...stackOnly];
     let rest = null;
     try {
-      if (!(await this._fetchKeys(near.length ? near : keys, ctrl, { live, early }))) return;
+      // In view first: the keys of the panels there for every run, and (in parallel) the components that
+      // only the stacked panel there shows, for its one run.
+      const first = [this._fetchKeys(near.length ? near : keys, ctrl, { live, early })];
+      if (near.length && stackOnly.size) first.push(this._fetchKeys([...stackOnly], ctrl, { live, runs: [this.stackPanel.opts.run] }));
+      if (!(await Promise.all(first)).every(Boolean)) return;
       this._distribute();
-      if (near.length && far.size) {
+      if (near.length && later.length) {
         const farPanels = this._allPanels().filter((p) => p.onscreen === false);
-        rest = this._fetchKeys([...far], ctrl, { live }).then((ok) => { if (ok) this._distribute(farPanels); }).finally(() => { if (this.inflight === ctrl) this.inflight = null; });
+        rest = this._fetchKeys(later, ctrl, { live }).then((ok) => { if (ok) this._distribute(farPanels); }).finally(() => { if (this.inflight === ctrl) this.inflight = null; });
         this.backfill = rest;
       }
     } finally {
@@ -548,24 +561,29 @@ export class Compare {
     }
   }
 
-  /** Keys only panels far outside the viewport show: fetched after the others. */
+  /**
+   * Keys fetched after the others: {far: those only panels far outside the viewport show, stackOnly:
+   * those that, in view, only the stacked panel shows (its components, needed there for one run)}.
+   */
   _farKeys(keys) {
-    const near = new Set();
+    const near = new Set(), stacked = new Set();
     for (const p of this._allPanels()) {
       if (p.onscreen === false) continue;
-      if (p.opts.stacked) { for (const k of p.opts.plan.comps) near.add(k); if (p.opts.plan.total) near.add(p.opts.plan.total); }
+      if (p.opts.stacked) { for (const k of p.opts.plan.comps) stacked.add(k); if (p.opts.plan.total) stacked.add(p.opts.plan.total); }
       else near.add(p.key);
     }
-    return new Set(keys.filter((k) => !near.has(k)));
+    const stackOnly = new Set(keys.filter((k) => stacked.has(k) && !near.has(k)));
+    return { far: new Set(keys.filter((k) => !near.has(k) && !stackOnly.has(k))), stackOnly };
   }
 
-  /** One /query call for `keys`; its series replace those keys' series. False when aborted or failed. */
-  async _fetchKeys(keys, ctrl, { live = false, early = null } = {}) {
-    let params = { run: [...this.runs.keys()], key: keys, buckets: this.buckets() };
+  /** One /query call for `keys` (of every run, or of `runs`); its series replace those keys' series of
+   * those runs. False when aborted or failed. */
+  async _fetchKeys(keys, ctrl, { live = false, early = null, runs = null } = {}) {
+    let params = { run: runs || [...this.runs.keys()], key: keys, buckets: this.buckets() };
     if (this.zoomed()) { params.start = this.state.start; params.end = this.state.end; }
     // The early query covers what is needed unless it named keys and the stack panel needs more,
     // or it named a run that was refused (another project's).
-    const covered = early && !this.foreign.length && (!early.params.key || keys.every((k) => early.params.key.includes(k)));
+    const covered = early && !runs && !this.foreign.length && (!early.params.key || keys.every((k) => early.params.key.includes(k)));
     let t0 = performance.now();
     let body, earlyMs = null;
     try {
@@ -573,7 +591,7 @@ export class Compare {
         params = early.params;
         ({ body, ms: earlyMs } = await early.promise);
       } else {
-        body = await api("/query", params, { signal: ctrl.signal });
+        body = await fetchQuery(params, { signal: ctrl.signal });
       }
     } catch (err) {
       if (err.name === "AbortError") return false;
@@ -588,13 +606,12 @@ export class Compare {
     if (this.queries.length > 200) this.queries.splice(0, 100);
     if (covered && !early.params.key) this.series.clear();
     else {
-      const fetched = new Set(keys);
-      for (const [k, s] of this.series) if (fetched.has(s.key)) this.series.delete(k);
+      const fetched = new Set(keys), of = new Set(params.run);
+      for (const [k, s] of this.series) if (fetched.has(s.key) && of.has(s.run)) this.series.delete(k);
     }
-    for (const s of body.series || []) {
-      if (!this.runs.has(s.run)) continue;
-      const d = decodeSeries(s);
-      this.series.set(s.run + "\u0000" + s.key, d);
+    for (const d of body.series || []) { // decoded by fetchQuery
+      if (!this.runs.has(d.run)) continue;
+      this.series.set(d.run + "\u0000" + d.key, d);
       if (!this.zoomed() && d.wall.length && Number.isFinite(d.wall[0])) {
         const known = this._runStart(d.run);
         if (known === null || d.wall[0] < known) this.origins.set(d.run, d.wall[0]);
@@ -741,16 +758,24 @@ export class Compare {
     this.state.end = end;
     this._writeUrl();
     const range = xRange || (this.state.x === "step" ? [start, end] : null);
-    // Panels in view narrow at once (the finer data follows); the others when they come near the viewport.
+    // Panels far from the viewport narrow when they come near it. Those in view narrow with the data they
+    // hold only when the finer data is slow to come: an answer within NARROW_AFTER_MS draws them once, not
+    // twice (a redraw of every line that is thrown away at once).
+    let narrow = null;
     if (range) {
       for (const p of this._allPanels()) {
         if (!p.u) continue;
         p.view.xRange = range;
-        if (p.onscreen === false) p.dirty = true; else p.u.setScale("x", { min: range[0], max: range[1] });
+        if (p.onscreen === false) p.dirty = true;
       }
+      narrow = setTimeout(() => {
+        for (const p of this._allPanels()) {
+          if (p.u && p.onscreen !== false && p.view.xRange === range) p.u.setScale("x", { min: range[0], max: range[1] });
+        }
+      }, NARROW_AFTER_MS);
     }
     this._pendingXRange = xRange;
-    return this.refresh();
+    return this.refresh().finally(() => clearTimeout(narrow));
   }
 
   resetZoom() {
@@ -793,19 +818,21 @@ export class Compare {
     await this.refresh({ live: true });
   }
 
-  info() {
+  /** The view's state for tests and the benchmark; `flush: false` leaves panels far off screen undrawn. */
+  info({ flush = true } = {}) {
     const colors = this.runs.size ? Object.fromEntries(this.runColors()) : {};
     const more = this.runBar.querySelector("#chips-more");
     return {
       ready: document.body.dataset.ready === "1",
       readyAt: this.readyAt ?? null,
+      panelsDrawnAtReady: this.panelsDrawnAtReady ?? null,
       state: { ...this.state },
       runs: [...this.runs.keys()],
       colors,
       foreign: this.foreign.slice(),
       groups: (this.groups() || []).map((g) => ({ id: g.id, label: g.label, members: g.members })),
       chipsHidden: more && !more.hidden ? Number(more.dataset.count || 0) : 0,
-      panels: this._allPanels().map((p) => p.info()),
+      panels: this._allPanels().map((p) => p.info({ flush })),
       queries: this.queries.slice(),
       timings: this.timings.slice(),
       alerts: this.alerts.length,

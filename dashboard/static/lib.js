@@ -59,10 +59,13 @@ export function loginUrl() {
   return "/login?reason=unauthorized&next=" + encodeURIComponent(location.pathname + location.search);
 }
 
-/** GET a JSON answer; 401 sends the browser to the sign-in page. */
-export async function api(path, params = {}, { signal } = {}) {
+/**
+ * GET a JSON answer (or, with `binary: true`, the body as an ArrayBuffer; an error is still JSON); 401
+ * sends the browser to the sign-in page.
+ */
+export async function api(path, params = {}, { signal, binary = false } = {}) {
   const url = apiUrl(path, params);
-  const res = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" }, signal });
+  const res = await fetch(url, { credentials: "same-origin", headers: { Accept: binary ? "*/*" : "application/json" }, signal });
   if (res.status === 401) {
     location.assign(loginUrl());
     throw new ApiError(401, "unauthorized", "sign-in required");
@@ -73,7 +76,7 @@ export async function api(path, params = {}, { signal } = {}) {
     const err = body && body.error ? body.error : {};
     throw new ApiError(res.status, err.code, err.message || res.statusText, err.details);
   }
-  return res.json();
+  return binary ? res.arrayBuffer() : res.json();
 }
 
 /** POST/PUT/DELETE a JSON body (same origin, JSON content type: what the server's CSRF check wants). */

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request, Response
@@ -16,7 +16,10 @@ router = APIRouter(prefix="/api/v1", tags=["query"], responses=API_ERRORS)
 
 
 @router.get("/query", response_model=QueryResult,
-            summary="Downsampled series of many runs (min/max/last/count/non-finite per bucket)")
+            summary="Downsampled series of many runs (min/max/last/count/non-finite per bucket)",
+            responses={200: {"content": {query_service.BINARY_MEDIA_TYPE: {
+                "schema": {"type": "string", "format": "binary",
+                           "description": "format=binary: the same buckets as typed columns (docs/api.md)"}}}}})
 def query(
     request: Request, db: DB, caller: Caller,
     run: Annotated[list[str], Query(min_length=1, max_length=100, description="Run ids (repeat)")],
@@ -24,10 +27,14 @@ def query(
     start: Annotated[int, Query(ge=0, le=wire.MAX_STEP)] = 0,
     end: Annotated[int, Query(ge=0, le=wire.MAX_STEP)] = wire.MAX_STEP,
     buckets: Annotated[int, Query(ge=1, le=query_service.MAX_BUCKETS)] = 1000,
+    format: Annotated[Literal["json", "binary"], Query(  # noqa: A002 - the parameter's public name
+        description="json (default), or binary: the same buckets as typed columns (docs/api.md)")] = "json",
 ) -> Response:
     for rid in dict.fromkeys(run):
         authorize_run(request, caller, rid, "read")
     with db.read() as s:
         answer = query_service.query(s, run, key, start, end, buckets)
+    if format == "binary":
+        return Response(query_service.encode_binary(answer), media_type=query_service.BINARY_MEDIA_TYPE)
     # The columns are numpy arrays: orjson writes them without a Python object per number.
     return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")

@@ -16,6 +16,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -202,6 +203,53 @@ def downsample(session: Session, found: list[tuple[str, Series]], start: int, en
 def downsample_series(session: Session, run_id: str, s: Series, start: int, end: int, buckets: int) -> dict[str, Any]:
     """The buckets of one series."""
     return downsample(session, [(run_id, s)], start, end, buckets)[0]
+
+
+# The binary answer (``GET /api/v1/query?format=binary``; docs/api.md): the same buckets as the JSON
+# answer, as little-endian columns a browser reads with typed arrays, without parsing a number.
+BINARY_MEDIA_TYPE = "application/vnd.losswatch.query"
+BINARY_MAGIC = b"LWQ1"
+_BINARY_COLUMNS = ("step", "last_step", "min", "max", "last", "wall", "count", "nonfinite")
+_INTEGER_COLUMNS = frozenset({"step", "last_step", "count", "nonfinite"})
+
+
+def _values(col: Any) -> np.ndarray:
+    """A column of the answer as float64: a ``last`` list of wire values back to NaN / ±Inf."""
+    if isinstance(col, np.ndarray):
+        return col.astype("<f8", copy=False)
+    return np.array([float(v) for v in col], "<f8")  # float() reads "NaN", "Infinity", "-Infinity"
+
+
+def encode_binary(answer: dict[str, Any]) -> bytes:
+    """:func:`query`'s answer as one binary body::
+
+        "LWQ1" | uint32 header length H | H bytes of UTF-8 JSON header | zero padding to a multiple of 8
+        | one block per column of the header, in its order: that column of every series, in series order
+
+    The header is ``{"series": [{"run", "key", "kind", "width", "n"}], "columns": [{"name", "type"}]}``;
+    a type is ``"f8"`` (float64) or ``"u4"`` (uint32), little-endian. Steps and counts are uint32 when
+    every value fits, else float64; the float64 blocks come first, so every block starts aligned to its
+    type. A min or max without a finite value is NaN; ``last`` keeps NaN and ±Inf as they are."""
+    series = answer["series"]
+    cols: dict[str, np.ndarray] = {}
+    for name in _BINARY_COLUMNS:
+        parts = [_values(s[name]) for s in series]
+        cols[name] = np.concatenate(parts) if parts else np.empty(0, "<f8")
+    types = {}
+    for name, col in cols.items():
+        small = name in _INTEGER_COLUMNS and (col.size == 0 or (col.min() >= 0 and col.max() < 2**32))
+        types[name] = "u4" if small else "f8"
+    order = [n for n in _BINARY_COLUMNS if types[n] == "f8"] + [n for n in _BINARY_COLUMNS if types[n] == "u4"]
+    header = orjson.dumps({
+        "series": [{"run": s["run"], "key": s["key"], "kind": s["kind"], "width": s["width"], "n": len(s["step"])}
+                   for s in series],
+        "columns": [{"name": n, "type": types[n]} for n in order],
+    })
+    head = BINARY_MAGIC + len(header).to_bytes(4, "little") + header
+    blocks = [head, bytes(-len(head) % 8)]
+    for name in order:
+        blocks.append(cols[name].astype("<u4" if types[name] == "u4" else "<f8").tobytes())
+    return b"".join(blocks)
 
 
 def query(

@@ -3,6 +3,7 @@ width answered at 64 from the roll-ups; every series' buckets still match a brut
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -92,3 +93,61 @@ def test_decode_many_matches_decoding_chunk_by_chunk() -> None:
         assert counts.tolist() == [e.count for _, e in subset]
         assert np.array_equal(got.steps, expected.steps) and np.array_equal(got.walls, expected.walls)
         assert np.array_equal(got.values, expected.values, equal_nan=True)
+
+
+def _read_binary(body: bytes) -> list[dict[str, Any]]:
+    """The binary answer decoded as docs/api.md describes it, into the JSON answer's shape."""
+    assert body[:4] == b"LWQ1"
+    size = int.from_bytes(body[4:8], "little")
+    header = json.loads(body[8:8 + size])
+    total = sum(s["n"] for s in header["series"])
+    at = -(-(8 + size) // 8) * 8
+    cols = {}
+    for c in header["columns"]:
+        dtype = np.dtype("<u4" if c["type"] == "u4" else "<f8")
+        assert at % dtype.itemsize == 0
+        cols[c["name"]] = np.frombuffer(body, dtype, total, at)
+        at += dtype.itemsize * total
+    assert at == len(body)
+    out, start = [], 0
+    for s in header["series"]:
+        out.append({**{k: s[k] for k in ("run", "key", "kind", "width")},
+                    **{name: col[start:start + s["n"]] for name, col in cols.items()}})
+        start += s["n"]
+    return out
+
+
+@pytest.mark.parametrize("buckets,start,end", [(595, 0, 10**9), (400, 2_000, 4_500)])
+def test_binary_answer_holds_the_json_answer(client: Any, buckets: int, start: int, end: int) -> None:
+    steps = np.arange(0, 6_000, dtype=np.int64)
+    ids, _ = _sweep(client, 3, steps)
+    rid = new_run(client, name="inf")
+    ingest(client, rid, [wire.series_entry("train/loss", "loss", [0, 1, 2, 3], [1.0, "Infinity", "NaN", "-Infinity"])])
+    params = {"run": [*ids, rid], "buckets": buckets, "start": start, "end": end}
+    want = client.get("/api/v1/query", params=params).json()["series"]
+    r = client.get("/api/v1/query", params={**params, "format": "binary"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/vnd.losswatch.query"
+    got = _read_binary(r.content)
+    assert len(r.content) < len(client.get("/api/v1/query", params=params).content)
+    assert [(s["run"], s["key"], s["kind"], s["width"]) for s in got] == \
+        [(s["run"], s["key"], s["kind"], s["width"]) for s in want]
+    nonfinite_last = 0
+    for g, w in zip(got, want, strict=True):
+        for name in ("step", "last_step", "count", "nonfinite", "wall"):
+            assert g[name].tolist() == w[name], name
+        for name in ("min", "max"):  # null in JSON, NaN here
+            assert [None if np.isnan(v) else v for v in g[name].tolist()] == w[name], name
+        assert [wire.encode_value(v) if not np.isfinite(v) else v for v in g["last"].tolist()] == w["last"]
+        nonfinite_last += int((~np.isfinite(g["last"])).sum())
+    assert nonfinite_last >= (3 if start == 0 else 0)
+
+
+def test_binary_format_is_asked_for_by_name(client: Any) -> None:
+    rid = new_run(client, name="one")
+    ingest(client, rid, [wire.series_entry("train/loss", "loss", [0, 1], [1.0, 0.5])])
+    assert client.get("/api/v1/query", params={"run": rid}).headers["content-type"] == "application/json"
+    r = client.get("/api/v1/query", params={"run": rid, "format": "csv"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    r = client.get("/api/v1/query", params={"run": "nope", "format": "binary"})
+    assert r.status_code == 404 and "error" in r.json()

@@ -461,13 +461,45 @@ def test_zoom_fetches_the_panels_in_view_first_and_the_far_ones_after(page: Page
     page.page.evaluate("window.__losswatch.compare.settled()")
     # info() draws the panels off screen too (uPlot commits its scales a microtask later: poll).
     info = page.wait_info(lambda i: all(p["xScale"] == [2900, 3100] for p in i["panels"] if p["runs"]))
-    near_q, far_q = [q for q in info["queries"] if q["start"] == 2900 and not q["live"]]
+    *first, far_q = [q for q in info["queries"] if q["start"] == 2900 and not q["live"]]
+    near_q = next(q for q in first if len(parse_qs(urlsplit(q["url"]).query)["run"]) == 2)
     near_keys, far_keys = set(_query_keys(near_q["url"])), set(_query_keys(far_q["url"]))
-    # The far call carries only keys no panel in view shows (the stacked panel in view needs the components).
+    # The far call carries only keys no panel in view shows; the components that only the stacked panel in
+    # view shows come first too, in a call of their own for its one run (not for every run).
     assert "val/mAP50-95" in far_keys <= far and not near_keys & far_keys
+    assert len(first) == 2
+    for q in first:
+        if q is not near_q:
+            assert parse_qs(urlsplit(q["url"]).query)["run"] == [runs[0]]
+            assert set(_query_keys(q["url"])) <= far_keys - {"val/mAP50-95"}
     assert near_keys | far_keys == {"train/loss", "train/loss/box_weighted", "train/loss/cls_weighted", "val/mAP50-95"}
     for p in info["panels"]:
         if p["runs"] and not p["stacked"]:
             assert max(p["widths"]) == 1 < coarse[p["key"]], p["key"]
     assert _panel(info, "train/loss")["nonfinite"] == [1, 1]  # each run's NaN, at full resolution
     assert _panel(info, "val/mAP50-95")["points"] == [1, 1]  # the evaluation at step 3000
+
+
+def test_first_draw_leaves_far_panels_until_they_come_near(page: Page, api: httpx.Client, project: str) -> None:
+    # Speed (issue 11): the first data draws the panels in or near the viewport; one far below waits until
+    # it is scrolled near, then draws with everything it shows (lines, NaN marks).
+    ids = [make_run(api, project, f"run {i}", steps=300, nan_at=100 + i) for i in range(12)]
+    page.page.set_viewport_size({"width": 1280, "height": 600})
+    page.goto(f"/p/{project}/compare?runs={','.join(ids)}")
+    page.page.wait_for_selector("body[data-ready='1']", state="attached", timeout=15_000)
+    # The series come in the query's binary answer (typed columns, docs/api.md), not its JSON one.
+    asked = page.page.evaluate("() => performance.getEntriesByType('resource').map((e) => e.name)")
+    assert any("/api/v1/query?" in u and "format=binary" in u for u in asked), asked
+    drawn = page.page.evaluate("() => window.__losswatch.compare._allPanels().map((p) => !!p.u)")
+    assert drawn[0] and not all(drawn), drawn
+    assert page.page.evaluate("() => window.__losswatch.compare.panelsDrawnAtReady") == sum(drawn)
+    far = drawn.index(False)
+    page.page.evaluate("(i) => window.__losswatch.compare._allPanels()[i].root.scrollIntoView()", far)
+    deadline = time.monotonic() + 5
+    while not page.page.evaluate("(i) => !!window.__losswatch.compare._allPanels()[i].u", far):
+        assert time.monotonic() < deadline, "the far panel did not draw when scrolled into view"
+        page.page.wait_for_timeout(50)
+    panel = page.info()["panels"][far]
+    assert panel["drawn"] and len(panel["runs"]) == 12 and all(n > 0 for n in panel["points"])
+    if panel["key"] == "train/loss":
+        assert all(n >= 1 for n in panel["nonfinite"])
