@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,10 @@ from losswatch.server.detectors.base import (
     ratio_text,
     series_label,
 )
+
+#: the heavy-tail rate of a series is learned over this many baseline windows (1,024 points by default)
+TAIL_WINDOWS = 8
+_TINY = 1e-12  # the scale unit when the first loss is 0 (or floor is 0): pure log
 
 
 @dataclass(frozen=True)
@@ -93,23 +98,25 @@ class NonFinite(Detector):
 
 @dataclass(frozen=True)
 class Spike(Detector):
-    """A transient jump above the local baseline, robust to heavy-tailed minibatch noise.
+    """A transient jump above the local baseline, judged in log space against the series' own noise.
 
-    The baseline is an exponentially weighted mean of the series and the noise scale an
-    exponentially weighted mean absolute deviation around it (both debiased, O(1), the streaming
-    stand-ins for a rolling median and MAD). Points above the threshold do not feed the baseline,
-    and the others are winsorised at the threshold, so outliers cannot drag it up.
+    Points are judged on the scale ``asinh(y / u)``, ``u`` = ``floor`` × |the run's first loss|: the log of
+    the loss for losses well above ``u`` (a jump is a ratio, and heavy-tailed minibatch noise, which is
+    multiplicative, becomes symmetric), linear below it (a loss at 0.1 % of where it started moving 10×
+    moves by little). The baseline is an exponentially weighted mean on that scale (a geometric mean,
+    which a few huge batches cannot drag up as they drag an arithmetic one) and the noise scale an
+    exponentially weighted mean absolute deviation around it (both debiased, O(1), the streaming stand-ins
+    for a rolling median and MAD of log loss). Exceeding points enter both winsorised at the threshold.
 
-    A point exceeds when it is more than ``rtol`` × |baseline| *and* more than ``deviations`` mean
-    absolute deviations beyond the baseline. The alert fires when ``min_points`` of the last
-    ``min_points + 2`` points exceed (3 of 5 by default: the 5-point median is above the threshold,
-    so one huge minibatch, which heavy-tailed noise produces, is not a spike), with the onset at the
-    first exceeding point; with ``single_rtol`` > 0 a single point beyond ``single_rtol`` × |baseline|,
-    ``single_deviations`` mean absolute deviations and ``single_floor`` × the first loss fires at once.
-    It resolves when a fast EMA (10-point span) of the points since onset is back
-    below the baseline plus half the relative jump: a smoothed test, so one low noisy point does not
-    end it. When it has not recovered ``recovery`` steps after onset it escalates: the spike alert is
-    superseded by a critical ``divergence`` finding and the baseline is learned anew.
+    A point exceeds when it is more than ``1 + rtol`` × the baseline *and* ``deviations`` mean absolute
+    deviations above it (on the log scale). The alert fires when ``min_points`` of the last
+    ``min_points + 2`` points exceed (3 of 5 by default), with the onset at the first exceeding point; a
+    single point beyond ``1 + single_rtol`` × the baseline and ``single_deviations`` deviations fires at
+    once at ``single_severity`` (a bad batch that returns at once), raised to warning when ``min_points``
+    follow. It resolves when a fast EMA (10-point span) of the points since onset is back below the
+    baseline plus half the jump threshold (a smoothed test: one low noisy point does not end it). When it
+    has not recovered ``recovery`` steps after onset it escalates: the spike alert is superseded by a
+    critical ``divergence`` finding and the baseline is learned anew.
 
     Batches whose points are all finite take a numpy path while no point exceeds (the EMAs in closed
     form); the loop takes over at the first exceeding point.
@@ -117,13 +124,15 @@ class Spike(Detector):
     Parameters:
         mode: ``min`` (a loss: a jump up is bad) or ``max`` (a metric: a drop is bad).
         window: span of the baseline EMAs, in points.
-        rtol: relative jump over the baseline (0.9: 1.9× the EWMA baseline, about 2× the median).
-        deviations: jump in mean absolute deviations (3: only matters for very noisy series).
+        rtol: relative jump over the (geometric) baseline for a point to exceed (0.9: 1.9×).
+        deviations: ... and this many mean absolute deviations of log loss above it (its own noise).
         min_points: exceeding points among the last ``min_points + 2`` before firing.
-        single_rtol: a single point this far above fires at once, at ``single_severity`` (0: off; 2.5 is
-            3.5× the baseline; Megatron's rule is 9.0, 10×).
-        single_deviations: ... and this many mean absolute deviations above it (the series' own noise).
-        single_floor: ... and this share of the run's first loss above it (near-zero losses).
+        single_rtol: a single point this far above fires at once, at ``single_severity`` (0: off).
+        single_deviations: ... when also this many mean absolute deviations of log loss above it.
+        single_tail: share of the run's batches past ``deviations`` (an EMA over ``TAIL_WINDOWS`` windows)
+            above which the run is heavy-tailed: a lone batch there must pass ``single_tail_rtol`` instead.
+        single_tail_rtol: the relative jump a lone batch of a heavy-tailed run must pass (29: 30×).
+        floor: share of the run's first loss below which the scale turns linear (near-zero losses).
         recovery: steps after onset within which the series must recover, else escalate.
         warmup: points learned per segment before the rule can fire.
         finite_only: skip NaN/±Inf (the ``non_finite`` rule reports them); False counts them as exceeding.
@@ -135,13 +144,14 @@ class Spike(Detector):
     mode: str = "min"
     window: int = 128
     rtol: float = 0.9
-    deviations: float = 6.0
+    deviations: float = 4.0
     min_points: int = 3
-    single_rtol: float = 2.5
-    single_deviations: float = 20.0
-    single_floor: float = 0.25
+    single_rtol: float = 1.0
+    single_deviations: float = 8.0
+    single_tail: float = 0.002
+    single_tail_rtol: float = 29.0
     single_severity: str = "info"
-    floor: float = 0.1
+    floor: float = 0.25
     recovery: int = 500
     warmup: int = 50
     finite_only: bool = True
@@ -154,7 +164,8 @@ class Spike(Detector):
         check_int(self, "min_points", 1)
         check_float(self, "single_rtol", 0.0)
         check_float(self, "single_deviations", 0.0)
-        check_float(self, "single_floor", 0.0)
+        check_float(self, "single_tail", 0.0)
+        check_float(self, "single_tail_rtol", 0.0)
         check_choice(self, "single_severity", ("info", "warning", "critical"))
         check_float(self, "floor", 0.0)
         check_int(self, "recovery", 1)
@@ -163,11 +174,20 @@ class Spike(Detector):
 
     def _fresh(self) -> dict[str, Any]:
         return {
-            "n": 0, "em": 0.0, "ed": 0.0, "p": 1.0, "k": 0, "ex": [], "active": False,
-            "onset": None, "base": None, "rec_level": None, "peak": None, "ea": 0.0, "pa": 1.0, "thr": None,
+            "n": 0, "em": 0.0, "ed": 0.0, "p": 1.0, "k": 0, "tail": 0.0, "tp": 1.0, "ex": [], "active": False,
+            "log": True, "onset": None, "base": None, "rec_level": None, "peak": None, "ea": 0.0, "pa": 1.0,
+            "thr": None,
         }
 
+    def _unit(self, st: dict[str, Any]) -> float:
+        """``u``: below it the judging scale asinh(y / u) is linear, above it logarithmic."""
+        return max(self.floor * abs(st.get("l0") or 0.0), _TINY)
+
     def _run(self, st, steps, values, key, context, out, arr=None) -> None:  # type: ignore[no-untyped-def]
+        if not st.get("log"):  # a state from the former linear scale: learn the baseline anew
+            kept = {k: st[k] for k in ("seg", "last", "l0") if k in st}
+            st.clear()
+            st.update(self._fresh(), **kept)
         m = len(steps)
         i = 0
         chunk = self.min_points + 3  # an exceeding point is remembered for min_points + 2 points
@@ -192,22 +212,27 @@ class Spike(Detector):
         sign = 1.0 if self.mode == "min" else -1.0
         a = alpha_of(self.window)
         b = 1.0 - a
-        y = arr if sign > 0 else -arr
+        u = self._unit(st)
+        y = np.arcsinh((arr if sign > 0 else -arr) / u)
         n = y.shape[0]
         em0, ed0, p0, k0 = st["em"], st["ed"], st["p"], st.get("k", 0)
         em = np.concatenate(([em0], ema_path(em0, y, a)))
         pw = p0 * b ** np.arange(0, n + 1, dtype=float)
         m_prev = em[:-1] / (1.0 - pw[:-1])
         ed = np.concatenate(([ed0], ema_path(ed0, np.abs(y - m_prev), a)))
-        thr = m_prev + np.maximum(np.maximum(self.rtol * np.abs(m_prev), self.deviations * ed[:-1] / (1.0 - pw[:-1])),
-                                  self.floor * abs(st.get("l0") or 0.0))
-        over = y > thr
-        if over.any():  # an exceeding point is winsorised in the loop: hand over exactly there
-            j = int(np.argmax(over))
-            st.update(em=float(em[j]), ed=float(ed[j]), p=float(pw[j]), k=k0 + j)
-            return j
-        st.update(em=float(em[-1]), ed=float(ed[-1]), p=float(pw[-1]), k=k0 + n)
-        return None
+        dev = m_prev + self.deviations * ed[:-1] / (1.0 - pw[:-1])
+        over = y > np.maximum(m_prev + math.log1p(self.rtol), dev)
+        # an exceeding point is winsorised in the loop: hand over exactly there
+        j = int(np.argmax(over)) if over.any() else n
+        # the heavy-tail rate: an EMA of the points past `deviations`, which are few (summed, not scanned)
+        tb = 1.0 - alpha_of(TAIL_WINDOWS * self.window)
+        tail = st.get("tail", 0.0) * tb ** j
+        noisy = y[:j] > dev[:j]
+        if np.count_nonzero(noisy):
+            tail += (1.0 - tb) * float(np.sum(tb ** (j - 1 - np.flatnonzero(noisy))))
+        st.update(em=float(em[j]), ed=float(ed[j]), p=float(pw[j]), k=k0 + j, tail=tail,
+                  tp=st.get("tp", 1.0) * tb ** j)
+        return j if j < n else None
 
     def _loop(self, st, steps, values, key, out) -> None:  # type: ignore[no-untyped-def]
         sign = 1.0 if self.mode == "min" else -1.0
@@ -215,22 +240,34 @@ class Spike(Detector):
         b = 1.0 - a
         fa = alpha_of(10)
         fb = 1.0 - fa
-        rtol, single, dev, warmup = self.rtol, self.single_rtol, self.deviations, self.warmup
-        n, em, ed, p = st["n"], st["em"], st["ed"], st["p"]
+        jump, dev, warmup = math.log1p(self.rtol), self.deviations, self.warmup
+        single = math.log1p(self.single_rtol) if self.single_rtol > 0.0 else math.inf
+        sdev, stail = self.single_deviations, self.single_tail
+        heavy = math.log1p(self.single_tail_rtol) if self.single_rtol > 0.0 else math.inf
+        n, em, ed, p, tail, tp = st["n"], st["em"], st["ed"], st["p"], st.get("tail", 0.0), st.get("tp", 1.0)
+        ta = alpha_of(TAIL_WINDOWS * self.window)
+        tb = 1.0 - ta
         active = st["active"]
         k, ex, span = st.get("k", 0), st.setdefault("ex", []), self.min_points + 2
-        floor = self.floor * abs(st.get("l0") or 0.0)
-        sdev, sfloor = self.single_deviations, self.single_floor * abs(st.get("l0") or 0.0)
+        u = self._unit(st)
         for s, v in zip(steps, values, strict=True):
             if v - v == 0.0:
                 y = sign * v
             elif not active and ex and n >= warmup:
                 # a jump that runs straight into Inf/NaN: report the spike too (non_finite has the point)
                 active = True
-                st.update(onset=ex[0][1], base=em / (1.0 - p), peak="Infinity", ea=0.0, pa=1.0, sev="warning",
-                          rec_level=em / (1.0 - p) * (1.0 + 0.5 * rtol), thr=em / (1.0 - p) * (1.0 + rtol), nex=0)
+                m = em / (1.0 - p)
+                st.update(onset=ex[0][1], base=m, peak="Infinity", ea=0.0, pa=1.0, sev="warning",
+                          rec_level=self._back(m, m + jump, u), thr=m + jump, nex=0)
                 ex.clear()
-                out.append(self._finding("fire", s, v, st, key, sign, into=True))
+                out.append(self._finding("fire", s, v, st, key, sign, u, into=True))
+                continue
+            elif active and (v != v or v * sign > 0.0):
+                # an open spike runs into Inf/NaN: its peak is infinite, and a single batch is an incident now
+                st["peak"] = "Infinity"
+                if st.get("sev") == "info":
+                    st["sev"] = "warning"
+                    out.append(self._finding("fire", s, v, st, key, sign, u, into=True))
                 continue
             elif self.finite_only or v != v:
                 continue
@@ -238,68 +275,80 @@ class Spike(Detector):
                 y = sign * v  # ±Inf counts as exceeding in the bad direction only
                 if y < 0:
                     continue
+            if n == 0 and st.get("l0") is None:  # the run's first level sets the scale (kept across a resume)
+                st["l0"] = y
+                u = self._unit(st)
+            z = math.asinh(y / u)
             if active:
-                ea = st["ea"] = fb * st["ea"] + fa * y  # fast level since onset
+                ea = st["ea"] = fb * st["ea"] + fa * z  # fast level since onset
                 pa = st["pa"] = st["pa"] * fb
                 level = ea / (1.0 - pa)
                 if y > decode_number(st["peak"]):  # state holds an infinite peak as "Infinity" (JSON)
                     st["peak"] = encode_number(y)
-                if st.get("sev") == "info" and y > st["thr"]:
+                if st.get("sev") == "info" and z > st["thr"]:
                     st["nex"] = st.get("nex", 1) + 1
                     if st["nex"] >= self.min_points:  # the single batch was the start of a real spike
                         st["sev"] = "warning"
-                        out.append(self._finding("fire", s, v, st, key, sign))
+                        out.append(self._finding("fire", s, v, st, key, sign, u))
                 if level < st["rec_level"]:
                     active = False
-                    out.append(self._finding("resolve", s, v, st, key, sign))
+                    out.append(self._finding("resolve", s, v, st, key, sign, u))
                 elif s - st["onset"] >= self.recovery:
                     active = False
-                    out.extend(self._escalation(s, v, level, st, key, sign))
+                    out.extend(self._escalation(s, v, level, st, key, sign, u))
                     n, em, ed, p = 0, 0.0, 0.0, 1.0  # learn the new level as the baseline
                 continue
             if n < warmup:
-                if n == 0 and st.get("l0") is None:  # the run's first level: a jump below `floor` of it is noise
-                    st["l0"] = y
-                    floor = self.floor * abs(y)
-                    sfloor = self.single_floor * abs(y)
                 n += 1
-                em = b * em + a * y
+                em = b * em + a * z
                 p *= b
                 m = em / (1.0 - p)
-                ed = b * ed + a * abs(y - m)
+                ed = b * ed + a * abs(z - m)
                 continue
             c = 1.0 - p
             m = em / c
             d = ed / c
-            am = abs(m)
-            thr = m + max(rtol * am, dev * d, floor)
+            thr = m + max(jump, dev * d)
             k += 1
             while ex and k - ex[0][0] >= span:
                 del ex[0]
-            if y > thr:
+            # the run's batches seldom pass `deviations` of its own noise (debiased rate): no heavy tail
+            rare = tail < stail * (1.0 - tp)
+            tail = tb * tail + ta * (z > m + dev * d)
+            tp *= tb
+            if z > thr:
                 ex.append([k, s])
                 many = len(ex) >= self.min_points
-                # a single batch: far above the baseline in all three senses (ratio, its own noise, the
-                # run's scale), so the heavy tail of healthy minibatch losses stays below it
-                if many or (single > 0.0 and y > m + max(single * am, sdev * d, sfloor, thr - m)):
+                # a single batch: far above the baseline both as a ratio and in its own noise, so the heavy
+                # tail of healthy minibatch losses stays below it
+                if many or z > m + max(single if rare else heavy, sdev * d, thr - m):
                     active = True
                     st.update(
-                        onset=ex[0][1], base=m, rec_level=m + 0.5 * min(thr - m, rtol * am), peak=encode_number(y),
-                        ea=y * fa, pa=fb, thr=thr, sev="warning" if many else self.single_severity, nex=len(ex),
+                        onset=ex[0][1], base=m, rec_level=self._back(m, thr, u), peak=encode_number(y),
+                        ea=z * fa, pa=fb, thr=thr, sev="warning" if many else self.single_severity,
+                        nex=len(ex),
                     )
                     ex.clear()
-                    out.append(self._finding("fire", s, v, st, key, sign))
+                    out.append(self._finding("fire", s, v, st, key, sign, u))
                     continue
-            yw = y if y < thr else thr  # an exceeding point enters the baseline winsorised at the threshold
-            em = b * em + a * yw
+            zw = z if z < thr else thr  # an exceeding point enters the baseline winsorised at the threshold
+            em = b * em + a * zw
             p *= b
-            ed = b * ed + a * abs(yw - m)
-        st.update(n=n, em=em, ed=ed, p=p, k=k, active=active)
+            ed = b * ed + a * abs(zw - m)
+        st.update(n=n, em=em, ed=ed, p=p, k=k, tail=tail, tp=tp, active=active)
+
+    def _back(self, m: float, thr: float, u: float) -> float:
+        """The level (judging scale) below which a spike has recovered: halfway to the threshold, and no
+        more than ``rtol`` / 2 above the baseline *value* (below ``u`` the scale is linear, so the halfway
+        mark alone would call a near-zero loss that stays 10× up recovered)."""
+        base = u * math.sinh(m)
+        return min(m + 0.5 * (thr - m), math.asinh((base + 0.5 * self.rtol * abs(base)) / u))
 
     def _finding(
-        self, action: str, s: int, v: float, st: dict[str, Any], key: str, sign: float, into: bool = False
+        self, action: str, s: int, v: float, st: dict[str, Any], key: str, sign: float, u: float,
+        into: bool = False,
     ) -> Finding:
-        base = sign * st["base"]
+        base = sign * u * math.sinh(st["base"])
         label = series_label(key)
         sev = st.get("sev") or self.severity
         if action == "fire" and into:
@@ -312,7 +361,7 @@ class Spike(Detector):
             one = " (a single batch)" if sev == "info" else ""
             reason = (
                 f"{label} spiked{one}: {direction} {num(v)} at step {s:,}, {ratio_text(v, base)} its baseline "
-                f"{num(base)} (threshold {num(sign * st['thr'])})"
+                f"{num(base)} (threshold {num(sign * u * math.sinh(st['thr']))})"
             )
         else:
             reason = (
@@ -322,23 +371,27 @@ class Spike(Detector):
         return Finding(self.rule, action, s, v, base, sev, reason, key, st["onset"],
                        {"single_batch": True} if sev == "info" else {})
 
-    def _escalation(self, s: int, v: float, level: float, st: dict[str, Any], key: str, sign: float) -> list[Finding]:
-        base = sign * st["base"]
+    def _escalation(
+        self, s: int, v: float, level: float, st: dict[str, Any], key: str, sign: float, u: float
+    ) -> list[Finding]:
+        base = sign * u * math.sinh(st["base"])
+        smooth = sign * u * math.sinh(level)
         onset = st["onset"]
         label = series_label(key)
         lasted = f"{s - onset:,} steps"
         spike = Finding(
             self.rule, "escalate", s, v, base, "critical",
             f"{label} did not recover from the spike at step {onset:,} within {lasted}: smoothed "
-            f"{num(sign * level)} at step {s:,} vs baseline {num(base)}; escalated to divergence",
+            f"{num(smooth)} at step {s:,} vs baseline {num(base)}; escalated to divergence",
             key, onset, {"escalated_to": "divergence"},
         )
         divergence = Finding(
-            "divergence", "fire", s, sign * level, base, "critical",
+            "divergence", "fire", s, smooth, base, "critical",
             f"{label} diverged: jumped at step {onset:,} and has stayed there for {lasted}: smoothed "
-            f"{num(sign * level)} at step {s:,} is {ratio_text(sign * level, base)} its baseline {num(base)}",
+            f"{num(smooth)} at step {s:,} is {ratio_text(smooth, base)} its baseline {num(base)}",
             key, onset,
-            {"escalated_from": "spike", "resolve_below": encode_number(st["rec_level"]), "sign": sign},
+            {"escalated_from": "spike", "resolve_below": encode_number(u * math.sinh(st["rec_level"])),
+             "sign": sign},
         )
         return [spike, divergence]
 

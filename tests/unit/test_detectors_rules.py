@@ -95,3 +95,13 @@ def test_pairs():
     assert cfg.pair("misalignment", "metrics/mAP50(B)", yolo) is None
     custom = cfg.merge({"misalignment": {"pair": "val/loss"}})
     assert custom.pair("misalignment", "val/acc", kinds) == "val/loss"
+
+
+def test_a_retired_parameter_in_a_saved_configuration_is_accepted_and_ignored() -> None:
+    """``single_floor`` left the spike rule with its log-space scale: configurations saved with it must
+    still load (a refused stored configuration would stop detection), and it changes nothing."""
+    from losswatch.server.detectors.rules import make_detector
+
+    assert make_detector("spike", {"single_floor": 0.5}) == make_detector("spike", {})
+    with pytest.raises(ValueError, match="unknown parameter 'single_flor'"):
+        make_detector("spike", {"single_flor": 0.5})
