@@ -28,6 +28,35 @@ from losswatch.server.detectors.base import (
 #: the heavy-tail rate of a series is learned over this many baseline windows (1,024 points by default)
 TAIL_WINDOWS = 8
 _TINY = 1e-12  # the scale unit when the first loss is 0 (or floor is 0): pure log
+_LOG2 = math.log(2.0)
+_FMAX = 1.7976931348623157e308
+
+
+def _z(y: float, u: float) -> float:
+    """asinh(y / u), finite for every y (±Inf and values whose ratio to u overflows included): past
+    1e300 it is log(2|y|/u), which asinh equals there, computed without the overflowing ratio. An
+    infinite point must not make the baseline infinite (and the state, JSON, unwritable)."""
+    q = y / u
+    if -1e300 < q < 1e300:
+        return math.asinh(q)
+    return math.copysign(_LOG2 + math.log(min(abs(y), _FMAX)) - math.log(u), y)
+
+
+def _zs(arr: np.ndarray, u: float) -> np.ndarray:
+    """:func:`_z` of every value of ``arr`` (NaN stays NaN)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        z = np.arcsinh(arr / u)
+    big = np.isinf(z)
+    if big.any():
+        z[big] = np.copysign(_LOG2 + np.log(np.minimum(np.abs(arr[big]), _FMAX)) - math.log(u), arr[big])
+    return z
+
+
+def _unz(z: float, u: float) -> float:
+    """The value back from the judging scale, u·sinh(z), saturating at the largest float."""
+    if abs(z) < 700.0:
+        return u * math.sinh(z)
+    return math.copysign(math.exp(min(abs(z) - _LOG2 + math.log(u), 709.7)), z)
 
 
 @dataclass(frozen=True)
@@ -213,7 +242,7 @@ class Spike(Detector):
         a = alpha_of(self.window)
         b = 1.0 - a
         u = self._unit(st)
-        y = np.arcsinh((arr if sign > 0 else -arr) / u)
+        y = _zs(arr if sign > 0 else -arr, u)
         n = y.shape[0]
         em0, ed0, p0, k0 = st["em"], st["ed"], st["p"], st.get("k", 0)
         em = np.concatenate(([em0], ema_path(em0, y, a)))
@@ -278,7 +307,7 @@ class Spike(Detector):
             if n == 0 and st.get("l0") is None:  # the run's first level sets the scale (kept across a resume)
                 st["l0"] = y
                 u = self._unit(st)
-            z = math.asinh(y / u)
+            z = _z(y, u)
             if active:
                 ea = st["ea"] = fb * st["ea"] + fa * z  # fast level since onset
                 pa = st["pa"] = st["pa"] * fb
@@ -341,14 +370,14 @@ class Spike(Detector):
         """The level (judging scale) below which a spike has recovered: halfway to the threshold, and no
         more than ``rtol`` / 2 above the baseline *value* (below ``u`` the scale is linear, so the halfway
         mark alone would call a near-zero loss that stays 10× up recovered)."""
-        base = u * math.sinh(m)
-        return min(m + 0.5 * (thr - m), math.asinh((base + 0.5 * self.rtol * abs(base)) / u))
+        base = _unz(m, u)
+        return min(m + 0.5 * (thr - m), _z(base + 0.5 * self.rtol * abs(base), u))
 
     def _finding(
         self, action: str, s: int, v: float, st: dict[str, Any], key: str, sign: float, u: float,
         into: bool = False,
     ) -> Finding:
-        base = sign * u * math.sinh(st["base"])
+        base = sign * _unz(st["base"], u)
         label = series_label(key)
         sev = st.get("sev") or self.severity
         if action == "fire" and into:
@@ -361,7 +390,7 @@ class Spike(Detector):
             one = " (a single batch)" if sev == "info" else ""
             reason = (
                 f"{label} spiked{one}: {direction} {num(v)} at step {s:,}, {ratio_text(v, base)} its baseline "
-                f"{num(base)} (threshold {num(sign * u * math.sinh(st['thr']))})"
+                f"{num(base)} (threshold {num(sign * _unz(st['thr'], u))})"
             )
         else:
             reason = (
@@ -374,8 +403,8 @@ class Spike(Detector):
     def _escalation(
         self, s: int, v: float, level: float, st: dict[str, Any], key: str, sign: float, u: float
     ) -> list[Finding]:
-        base = sign * u * math.sinh(st["base"])
-        smooth = sign * u * math.sinh(level)
+        base = sign * _unz(st["base"], u)
+        smooth = sign * _unz(level, u)
         onset = st["onset"]
         label = series_label(key)
         lasted = f"{s - onset:,} steps"
@@ -390,7 +419,7 @@ class Spike(Detector):
             f"{label} diverged: jumped at step {onset:,} and has stayed there for {lasted}: smoothed "
             f"{num(smooth)} at step {s:,} is {ratio_text(smooth, base)} its baseline {num(base)}",
             key, onset,
-            {"escalated_from": "spike", "resolve_below": encode_number(u * math.sinh(st["rec_level"])),
+            {"escalated_from": "spike", "resolve_below": encode_number(_unz(st["rec_level"], u)),
              "sign": sign},
         )
         return [spike, divergence]

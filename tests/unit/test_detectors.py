@@ -755,3 +755,15 @@ def test_stalled_needs_warmup_and_can_be_silenced():
     for i in range(10):
         state, _ = record_arrival(state, float(i), quiet)
     assert check_stalled(state, 10_000.0, quiet)[1] is None
+
+
+def test_extreme_and_infinite_values_leave_the_spike_state_finite_json():
+    # the log-space scale: asinh(y / u) of the largest float over a small unit overflows, and ±Inf counts as a
+    # point in the bad direction; neither may make a baseline infinite (PostgreSQL's JSONB refuses Infinity,
+    # which lost the whole batch with a 500), in the loop (batch=1) or the numpy path (one batch)
+    values = [0.01 * (1 + 0.01 * (i % 7)) for i in range(200)]
+    values += [1.7976931348623157e308, float("inf"), float("-inf"), -2.5, 0.01, 1e300, 0.0101, 0.0102]
+    for batch in (1, 7, len(values)):
+        state, _ = _feed(values, batch=batch)  # _feed round-trips the state through json.dumps(allow_nan=False)
+        spike = state["rules"]["spike"] if "rules" in state else state
+        assert json.dumps(spike, allow_nan=False)
