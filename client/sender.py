@@ -129,7 +129,11 @@ class Sender(threading.Thread):
 
     @property
     def backlog(self) -> int:
-        """Items in the outbox, the one being sent included (0 in disk mode: the spool takes them)."""
+        """Items in the outbox, the one being sent included, while the server answers: 0 when it is not
+        known to (the run not created yet, offline, refused) or in disk mode, where larger batches would
+        not help and the spool takes them at ``flush_every`` points each."""
+        if not self._created or self.offline or self.blocked or self._disk:
+            return 0
         return len(self._outbox)
 
     def put_points(self, body: bytes, points: int) -> int:
