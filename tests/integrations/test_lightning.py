@@ -313,3 +313,53 @@ def test_the_gradient_norm_with_a_sparse_gradient(server: Any, tmp_path: Path) -
     assert sorted(norm) == list(range(8))
     for i, expected in enumerate(model.norms):
         assert math.isclose(norm[i], expected, rel_tol=1e-5), (i, norm[i], expected)
+
+
+@pytest.mark.filterwarnings("ignore::lightning_fabric.utilities.warnings.PossibleUserWarning")
+@pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
+def test_lightning_dispatches_only_the_hooks_the_callback_uses(server: Any, tmp_path: Path, package: str) -> None:
+    # Lightning calls each hook of each callback at every batch through a profiler context and skips a
+    # hook that is not callable: the per-batch hooks the callback leaves unused must not be dispatched,
+    # and the ones it uses must be (Lightning's own profiler records each dispatch by name)
+    import importlib
+
+    pl = importlib.import_module(package)
+    lw = importlib.import_module(
+        "losswatch.integrations.lightning" if package == "lightning.pytorch" else "losswatch.integrations.pytorch_lightning"
+    )
+    profiler = pl.profilers.SimpleProfiler()
+    torch.manual_seed(0)
+    model = Tiny() if package == "lightning.pytorch" else None
+    if model is None:
+
+        class Small(pl.LightningModule):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = torch.nn.Linear(4, 1)
+
+            def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+                x, y = batch
+                return torch.nn.functional.mse_loss(self.net(x), y)
+
+            def validation_step(self, batch: Any, batch_idx: int) -> None:
+                x, y = batch
+                self.log("val/loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+            def configure_optimizers(self) -> Any:
+                return torch.optim.SGD(self.parameters(), lr=0.01)
+
+        model = Small()
+    logger = lw.LosswatchLogger(project="hooks", url=server.url, flush_interval=0.2)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=logger, profiler=profiler,
+                         callbacks=[lw.LosswatchCallback()], enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, _data(), _data(32, seed=1))
+    logger.experiment.finish()
+    ours = {name.split(".", 1)[1]: len(d) for name, d in profiler.recorded_durations.items()
+            if name.startswith("[Callback]LosswatchCallback.")}
+    assert ours.get("on_train_batch_end") == 16 and ours.get("on_before_optimizer_step") == 16
+    unused = {"on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_zero_grad",
+              "on_validation_batch_start", "on_validation_batch_end"}
+    assert not unused & set(ours), ours
+    assert ours.get("on_fit_start") == 1  # the hooks of the run's start still come
+    assert len(read_series(server.url, logger.version, "train/loss")) == 16
