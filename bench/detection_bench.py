@@ -8,8 +8,9 @@ reads them); the rules of scoring: bench/DETECTION.md. This module knows nothing
 A run is fed as the server feeds it: ``losswatch.server.detectors.evaluate_run`` (the pure part of
 ``services/monitor.evaluate_batch``) once per ingest batch, a batch being every point the training script
 logged in the next N iterations (the client's flush: N of 50, 100, 250 or 625 per run), with the run's
-latest LR after the batch. Each run is also replayed one step per request and all in one request, and the
-alerts compared (batch invariance).
+latest LR after the batch, and the plateau reference of the runs of its project that precede it in the
+corpus order (:func:`peer_references`). Each run is also replayed one step per request and all in one
+request, and the alerts compared (batch invariance).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ if str(BENCH) not in sys.path:
 from anchors import ANCHORS  # noqa: E402
 from corpus.load import CorpusRun, load_corpus  # noqa: E402
 
-from losswatch.server.detectors import Finding, RuleConfig, evaluate_run  # noqa: E402
+from losswatch.server.detectors import STATE_VERSION, Finding, RuleConfig, evaluate_run  # noqa: E402
+from losswatch.server.detectors import peers as peer_ref  # noqa: E402
+from losswatch.server.services.query import bucket_width  # noqa: E402
 
 TYPES = ("non_finite", "spike", "divergence", "plateau", "overfitting", "misalignment")
 #: label type -> (steps a fire may come before the injection, steps after it within which it counts;
@@ -55,8 +58,55 @@ def client_flush(run: CorpusRun) -> int:
     return (50, 100, 250, 625)[zlib.crc32(run.id.encode()) % 4]
 
 
-def replay(run: CorpusRun, config: RuleConfig, per_batch: int | None = None) -> list[Finding]:
-    """All findings of the run fed in batches of ``per_batch`` logged iterations (None: the client's)."""
+def _stored(run: CorpusRun, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """A series as the server stores it: one value per step, the later write winning (a resumed run
+    logs some steps again), steps ascending."""
+    _, st, v = run.series[key]
+    last = st.shape[0] - 1 - np.unique(st[::-1], return_index=True)[1]  # each step's last write
+    return st[last], v[last]
+
+
+def _bucket_lasts(steps: np.ndarray, values: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """What the query API answers for a finished series downsampled to ``buckets`` over its whole range
+    (services/query.py): per aligned bucket, its last step and the value there."""
+    width = bucket_width(int(steps[0]), int(steps[-1]), buckets)
+    b = steps // width
+    ends = np.append(np.flatnonzero(b[1:] != b[:-1]), b.shape[0] - 1)
+    return steps[ends], values[ends]
+
+
+def peer_references(runs: list[CorpusRun], config: RuleConfig) -> dict[str, dict[str, Any]]:
+    """run id -> {series key: plateau reference} from the runs of its project that precede it in the
+    corpus order (finished before it started, problem runs included: a robust median copes with them),
+    as the server builds it (services/peers.py) from their downsampled series."""
+    levels: dict[tuple[str, str], dict[int, float]] = {}
+    done: dict[str, list[CorpusRun]] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        refs = {}
+        for key, (kind, _, _) in r.series.items():
+            if "plateau" not in config.rules_for(key, kind):
+                continue
+            per = []
+            for p in done.get(r.project, [])[-peer_ref.MAX_PEERS:]:
+                if key not in p.series or not p.series[key][1].shape[0]:
+                    continue
+                if (p.id, key) not in levels:
+                    st, v = _stored(p, key)
+                    bs, bv = _bucket_lasts(st, v, peer_ref.BUCKETS)
+                    levels[(p.id, key)] = peer_ref.peer_levels(bs, bv, last=int(st[-1]))
+                per.append(levels[(p.id, key)])
+            refs[key] = peer_ref.reference(per)
+        out[r.id] = refs
+        done.setdefault(r.project, []).append(r)
+    return out
+
+
+def replay(run: CorpusRun, config: RuleConfig, per_batch: int | None = None,
+           peers: dict[str, Any] | None = None) -> list[Finding]:
+    """All findings of the run fed in batches of ``per_batch`` logged iterations (None: the client's).
+    ``peers``: series key -> the plateau reference from comparable runs (:func:`peer_references`),
+    attached to the series' state before every batch as services/monitor.py does."""
     per = per_batch or client_flush(run)
     kinds = {k: v[0] for k, v in run.series.items()}
     lr_key = next((k for k, kind in kinds.items() if kind == "lr"), None)  # the server's: kind lr (learning_rate)
@@ -75,6 +125,9 @@ def replay(run: CorpusRun, config: RuleConfig, per_batch: int | None = None) -> 
             continue
         if lr_key in batch:
             lr = batch[lr_key][1][-1]  # what the server passes: the lr row's last value after the batch
+        if peers:
+            states = peer_ref.attach(states, {k: v for k, v in peers.items() if k in batch}, config,
+                                     STATE_VERSION)
         states, found = evaluate_run(states, kinds, batch, config, lr=lr)
         findings.extend(found)
     return findings
@@ -249,15 +302,17 @@ def anchor_table(runs: list[CorpusRun]) -> list[dict[str, Any]]:
     return rows
 
 
-def invariance(runs: list[CorpusRun], config: RuleConfig, sample: int | None = None) -> dict[str, Any]:
+def invariance(runs: list[CorpusRun], config: RuleConfig, sample: int | None = None,
+               refs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Rules × runs whose alerts are identical one step per request, in the client's batches and all
-    in one request."""
+    in one request (each run with its comparable runs' references, as in the scoring)."""
     same = total = 0
     diff: list[str] = []
+    refs = refs if refs is not None else peer_references(runs, config)
     chosen = runs if sample is None else runs[:: max(1, len(runs) // sample)]
     for r in chosen:
-        base = replay(r, config)
-        variants = [replay(r, config, 1), replay(r, config, r.length + 1)]
+        base = replay(r, config, peers=refs.get(r.id))
+        variants = [replay(r, config, 1, peers=refs.get(r.id)), replay(r, config, r.length + 1, peers=refs.get(r.id))]
         rules = {f.rule for f in base} | {f.rule for v in variants for f in v} | set(TYPES)
         for rule in rules:
             total += 1
@@ -275,11 +330,15 @@ def invariance(runs: list[CorpusRun], config: RuleConfig, sample: int | None = N
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate(runs: list[CorpusRun], config: RuleConfig | None = None) -> list[tuple[CorpusRun, dict[str, Any], list[Finding]]]:
+def evaluate(runs: list[CorpusRun], config: RuleConfig | None = None,
+             refs: dict[str, dict[str, Any]] | None = None) -> list[tuple[CorpusRun, dict[str, Any], list[Finding]]]:
+    """Every run replayed and scored; ``refs``: the comparable runs' references per run (default: from
+    ``runs`` themselves, in their order)."""
     config = config or RuleConfig.default()
+    refs = refs if refs is not None else peer_references(runs, config)
     out = []
     for r in runs:
-        f = replay(r, config)
+        f = replay(r, config, peers=refs.get(r.id))
         out.append((r, score_run(r, alarms(f)), f))
     return out
 
@@ -289,7 +348,8 @@ def measure(quick: bool = False) -> dict[str, Any]:
     runs = load_corpus()
     t_load = time.perf_counter() - t0
     config = RuleConfig.default()
-    scored = evaluate(runs, config)
+    refs = peer_references(runs, config)
+    scored = evaluate(runs, config, refs)
     t_eval = time.perf_counter() - t0 - t_load
     by = {s: [x for x in scored if x[0].split == s] for s in ("tuning", "held-out")}
     counts: dict[str, int] = {}
@@ -307,6 +367,9 @@ def measure(quick: bool = False) -> dict[str, Any]:
             "framework gives them (loss, eval_loss, eval_accuracy, train_ce...); added after tuning, all held out.",
             "Replayed through detectors.evaluate_run in the client's batches (50/100/250/625 steps per run), "
             "the run's latest LR per batch, as services/monitor.evaluate_batch does; rules with their defaults.",
+            "Comparable runs: each run's plateau rule gets the reference of the runs of its project that precede "
+            "it in the corpus order (problem runs included), from their series downsampled as the query API "
+            "answers them (detectors/peers.py, services/peers.py).",
             "Scoring rules: bench/DETECTION.md. recall_visible: labels whose cause showed in the curve "
             "(a cross-check apart from the label).",
         ],
@@ -321,7 +384,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
             [x for x in by["held-out"] if x[0].meta.get("framework")]),
         "held-out: hand-written loops only": table([x for x in by["held-out"] if not x[0].meta.get("framework")]),
         "batch invariance (1 step per request / client batches / one request)": invariance(
-            runs, config, sample=12 if quick else None),
+            runs, config, sample=12 if quick else None, refs=refs),
         "runs per split and label": [{"split and label": k, "runs": v} for k, v in sorted(counts.items())],
     }
     return data
@@ -338,8 +401,9 @@ if __name__ == "__main__":
     quick = "--quick" in sys.argv
     if "--split" in sys.argv:
         split = sys.argv[sys.argv.index("--split") + 1]
-        runs = [r for r in load_corpus() if r.split == split]
-        sc = evaluate(runs)
+        every = load_corpus()
+        runs = [r for r in every if r.split == split]
+        sc = evaluate(runs, refs=peer_references(every, RuleConfig.default()))  # peers: the whole project
         _print(table(sc))
         print()
         _print(anchor_table(runs))

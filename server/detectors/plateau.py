@@ -35,6 +35,9 @@ from losswatch.server.detectors.base import (
 _HIST = 32  # history checkpoints kept (thinned by half when full): window ends within ~3 % of the run
 #: an LR below this share of its peak has collapsed (not a schedule's drop): its further falls give no patience
 _COLLAPSED = 1e-3
+#: stuck whatever its own start: a loss more than this many times the level comparable runs of the project had at
+#: the same step (the reference in ``st["peers"]``, ``detectors/peers.py``; docs/alerts.md gives the corpus figures)
+PEERS_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ class Plateau(Detector):
 
     rule = "plateau"
     severity = "warning"
-    keep = ("l0", "l0n")
+    keep = ("l0", "l0n", "peers")
     mode: str = "min"
     window: int = 200
     patience: int = 20000
@@ -352,34 +355,46 @@ class Plateau(Detector):
         slowed = m0 - 2.0 * m1 + m2 > dev * sigma * math.sqrt(1.0 / c0 + 4.0 / c1 + 1.0 / c2)
         at_lr = f" at lr {num(last_lr)}" if last_lr is not None else ""
         onset = int(s - 2.0 * span)
-        # still far above its start, or its LR collapsed (< 0.1 % of its peak: not a schedule's drop)
+        # far above where the project's comparable runs were at this step (losses only; None without them)
+        peer = _far_above(st.get("peers"), s, m2) if sign > 0 else None
+        # still far above its start or its peers, or its LR collapsed (< 0.1 % of its peak: not a
+        # schedule's drop)
         high = (start_level is not None and abs(m2) > self.level * abs(start_level)) or (
-            last_lr is not None and st["lr_max"] is not None and last_lr < _COLLAPSED * st["lr_max"])
+            last_lr is not None and st["lr_max"] is not None and last_lr < _COLLAPSED * st["lr_max"]
+        ) or peer is not None
         flat = m1 - m2 < need
         stuck = (never and flat) or (high and gain > rate and slowed and m1 - m2 < ratio * (m0 - m1))
         if stuck and st.get("cand") is None:
-            st["cand"], st["why"] = s, [gain, never]
+            st["cand"], st["why"] = s, [gain, never] + ([list(peer)] if peer is not None else [])
         if st.get("cand") is not None:
             # the flat stretch must hold for a quarter span after the evidence (a stall persists,
             # noise in sliding windows does not)
             if s - st["cand"] < 0.25 * span:
                 return
-            gain, never = st["why"]
+            gain, never = st["why"][:2]
+            if peer is None and len(st["why"]) > 2:
+                peer = tuple(st["why"][2])  # the comparable runs' evidence, when it was seen
             stuck = True
         if stuck:
             if never:
                 gain = (first - m2) / (abs(m2) or 1.0)
+                how = f"and only {gain:.0%} better than its first {int(span):,} steps: it is not learning"
+            else:
+                how = f"after improving {gain:.0%} in the {int(span):,} steps before that: stuck early, not converged"
             st["active"], st["ref"] = True, m2
             st["cand"] = None
             st["onset"] = onset
+            details = {"lr": last_lr, "gain_before": gain}
+            beside = ""
+            if peer is not None:
+                beside = (f"; {label} {num(sign * m2)} at step {s:,} where {peer[1]} comparable runs of this "
+                          f"project were at {num(peer[0])}")
+                details.update(peer_level=peer[0], peers=peer[1])
             out.append(Finding(
                 self.rule, "fire", s, sign * m2, sign * m1, self.severity,
                 f"{label} plateaued: its mean over steps {int(s - span):,}–{s:,} ({num(sign * m2)}) is no "
-                f"better than over the {int(span):,} steps before ({num(sign * m1)}){at_lr}, "
-                + (f"and only {gain:.0%} better than its first {int(span):,} steps: it is not learning"
-                   if never else f"after improving {gain:.0%} in the {int(span):,} steps before that: "
-                   "stuck early, not converged"),
-                key, onset, {"lr": last_lr, "gain_before": gain},
+                f"better than over the {int(span):,} steps before ({num(sign * m1)}){at_lr}, {how}{beside}",
+                key, onset, details,
             ))
         elif self.hint and settled and flat and m1 - m2 < 0.5 * need and m0 - m1 < need0 and (st["done"] is None or st["done"] < since):  # flat for two spans, reached gradually: a hint
             st["done"] = s
@@ -390,6 +405,19 @@ class Plateau(Detector):
                 f"({gain:.1%} before that){at_lr}; the run could stop",
                 key, onset, {"lr": last_lr, "gain_before": gain},
             ))
+
+
+def _far_above(ref: dict[str, Any] | None, step: int, level: float) -> tuple[float, int] | None:
+    """(the peers' level, how many runs) when ``level`` is more than :data:`PEERS_FACTOR` times the level
+    of the reference (``detectors/peers.py``) at its last step at or before ``step``, else None. The
+    level only falls with the steps, so an earlier reference step is the cautious choice."""
+    if not ref:
+        return None
+    i = bisect.bisect_right(ref["s"], step) - 1
+    if i < 0:
+        return None
+    at, n = ref["v"][i], ref["n"][i]
+    return (at, n) if at > 0.0 and level > PEERS_FACTOR * at else None
 
 
 def _mean(hs: list[int], hc: list[float], hn: list[int], lo: float, cum: float | None, n: int | None,

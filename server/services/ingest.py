@@ -91,7 +91,7 @@ def _record(session: Session, db: Database, run_id: str, batch: list[SeriesBatch
     fresh: list[points.SeriesBatch] = []  # the detectors see only what is new (a late retry is not)
     accepted = points.record_points(session, batch, series, fresh)
     ctx = alerts.run_context(session, run, db.settings.public_url)
-    findings = monitor.evaluate_batch(ctx, run, fresh, series)
+    findings = monitor.evaluate_batch(ctx, run, fresh, series, session)
     points.save_series(session, series)
     save_monitor_state(session, run_id, run.monitor_state or {})
     changed = alerts.apply_findings(session, ctx, findings)

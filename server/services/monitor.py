@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from losswatch.server.detectors import Finding, check_stalled, evaluate_run, record_arrival
+from losswatch.server.services import peers
 from losswatch.server.services.alerts import RunContext, apply_findings, run_context
 from losswatch.server.services.batches import SeriesBatch
 from losswatch.server.services.points import SeriesRow
@@ -17,14 +18,18 @@ from losswatch.server.storage.models import Run
 
 
 def evaluate_batch(run: RunContext, touched: TouchedRun, batch: list[SeriesBatch],
-                   series: dict[str, SeriesRow]) -> list[Finding]:
+                   series: dict[str, SeriesRow], session: Session | None = None) -> list[Finding]:
     """Run the applicable rules over the batch's points (``detectors.evaluate_run``, the same pure
     step the labelled benchmark measures) and record the run's arrival. Updates the rows' detector
-    states and ``touched.monitor_state`` in memory."""
+    states and ``touched.monitor_state`` in memory. With ``session``, the plateau rule also gets the
+    project's comparable runs (``services/peers.py``, cached)."""
     lr_rows = [s for s in series.values() if s.kind == "lr" and s.last_value is not None]
     points = {sb.key: (sb.points.steps, sb.points.values) for sb in batch if len(sb.points)}  # the parsed columns
-    states, findings = evaluate_run({k: s.detector_state for k, s in series.items()},
-                                    {k: s.kind for k, s in series.items()}, points, run.config,
+    kinds = {k: s.kind for k, s in series.items()}
+    before = {k: s.detector_state for k, s in series.items()}
+    if session is not None:
+        before = peers.with_references(session, run.id, run.project_id, run.config, before, kinds, points)
+    states, findings = evaluate_run(before, kinds, points, run.config,
                                     lr=lr_rows[0].last_value if lr_rows else None)
     for key in points:
         row = series[key]
