@@ -152,19 +152,19 @@ FAST_MIN = 32
 HANDOVERS = 16
 
 
-_POWERS: dict[tuple[float, int], np.ndarray] = {}
+_POWERS: dict[tuple[float, int, int], np.ndarray] = {}
 _POWERS_MAX = 1 << 21  # elements kept in all (16 MiB): enough for every (factor, batch length) a server sees
 
 
-def powers(b: float, n: int) -> np.ndarray:
-    """``b ** [1, 2, .., n]`` as floats (read-only). The same expression every time, kept per exact
-    ``(b, n)``: ``pow`` is the slowest step of the closed forms, and a server sees few factors and
-    batch lengths. (Kept per length, not sliced from a longer one, so each element is computed as the
-    uncached expression computes it.)"""
-    key = (b, n)
+def powers(b: float, n: int, start: int = 1) -> np.ndarray:
+    """``b ** [start, .., n]`` as floats (read-only; ``start`` 0 or 1). The same expression every time,
+    kept per exact ``(b, n, start)``: ``pow`` is the slowest step of the closed forms, and a server sees
+    few factors and batch lengths. (Kept per length, not sliced from a longer one, so each element is
+    computed as the uncached expression computes it.)"""
+    key = (b, n, start)
     out = _POWERS.get(key)
     if out is None:
-        out = b ** np.arange(1, n + 1, dtype=float)
+        out = b ** np.arange(start, n + 1, dtype=float)
         out.flags.writeable = False
         if n <= _POWERS_MAX // 8:
             if sum(map(len, _POWERS.values())) + n > _POWERS_MAX:
@@ -173,16 +173,29 @@ def powers(b: float, n: int) -> np.ndarray:
     return out
 
 
-def ema_path(e0: float, y: np.ndarray, a: float) -> np.ndarray:
+def ema_path(e0: float, y: np.ndarray, a: float, out: np.ndarray | None = None) -> np.ndarray:
     """The EMA after each point, ``e[t] = (1-a)·e[t-1] + a·y[t]`` from ``e0``, computed in closed form
-    (``e[t] = b^t·(e0 + a·Σ_k b^-k·y[k])``) in blocks short enough that ``b^-k`` stays in range."""
+    (``e[t] = b^t·(e0 + a·Σ_k b^-k·y[k])``) in blocks short enough that ``b^-k`` stays in range.
+    ``out``: a float array of ``y``'s length to write it into (returned)."""
     b = 1.0 - a
     n = y.shape[0]
     if b <= 0.0:
-        return y.astype(float, copy=True)
-    out = np.empty(n)
+        if out is None:
+            return y.astype(float, copy=True)
+        out[:] = y
+        return out
     block = max(1, min(n, int(200.0 / -math.log(b))))
     pw_full = powers(b, block)
+    if block >= n:  # one block (the usual batch): every step in place
+        pw = pw_full if n == block else pw_full[:n]
+        seg = np.divide(y, pw, out=out)
+        np.add.accumulate(seg, out=seg)  # np.cumsum without its Python wrapper: the same additions
+        seg *= a
+        seg += e0
+        seg *= pw
+        return seg
+    if out is None:
+        out = np.empty(n)
     for i in range(0, n, block):
         yb = y[i:i + block]
         m = yb.shape[0]
@@ -204,9 +217,35 @@ def ema_last(e0: float, y: np.ndarray, a: float) -> float:
     for i in range(0, n, block):
         yb = y[i:i + block]
         m = yb.shape[0]
-        pw = pw_full[:m]
-        e0 = float(pw[m - 1] * (e0 + a * np.cumsum(yb / pw)[m - 1]))
+        t = np.divide(yb, pw_full if m == block else pw_full[:m])
+        np.add.accumulate(t, out=t)
+        e0 = float(pw_full[m - 1] * (e0 + a * t.item(m - 1)))
     return e0
+
+
+def ema_last2(e1: float, a1: float, e2: float, a2: float, y: np.ndarray) -> tuple[float, float]:
+    """``(ema_last(e1, y, a1), ema_last(e2, y, a2))`` bit for bit, both closed forms in one division and
+    one running sum over a two-row array when each takes one block (a running sum adds each element to
+    the one before it, whatever the array's shape: the same additions in the same order)."""
+    n = y.shape[0]
+    b1, b2 = 1.0 - a1, 1.0 - a2
+    if not n or b1 <= 0.0 or b2 <= 0.0 or n > int(200.0 / -math.log(b1)) or n > int(200.0 / -math.log(b2)):
+        return ema_last(e1, y, a1), ema_last(e2, y, a2)
+    key = (b1, b2, n)
+    pw = _PAIRS.get(key)
+    if pw is None:
+        pw = np.stack((powers(b1, n), powers(b2, n)))
+        pw.flags.writeable = False
+        if len(_PAIRS) >= 64:  # (each at most 2 x 2,998 floats: one block of the faster EMA)
+            _PAIRS.clear()
+        _PAIRS[key] = pw
+    t = np.divide(y, pw)
+    np.add.accumulate(t, axis=1, out=t)
+    return (float(pw[0, n - 1] * (e1 + a1 * t.item(0, n - 1))),
+            float(pw[1, n - 1] * (e2 + a2 * t.item(1, n - 1))))
+
+
+_PAIRS: dict[tuple[float, float, int], np.ndarray] = {}
 
 
 class Column(Sequence[Any]):

@@ -9,7 +9,8 @@ Per series the server keeps one JSON document, the *series state*::
 
 and per run one *stalled state* (``record_arrival`` / ``check_stalled``). Both are plain dicts
 that ``json.dumps(..., allow_nan=False)`` accepts. Nothing here does I/O or keeps state between calls
-(``base.powers`` memoises ``b ** [1..n]``, a pure function of its arguments).
+(``base.powers`` memoises ``b ** [0 or 1..n]`` and ``base.ema_last2`` pairs of them, pure functions of
+their arguments).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from losswatch.server.detectors.base import (
     alpha_of,
     decode_number,
     ema_last,
+    ema_last2,
     ema_path,
     encode_number,
     increasing,
@@ -83,6 +85,7 @@ def _evaluate(
     config: RuleConfig,
     context: Mapping[str, Any] | None,
     want_path: bool,
+    rules: tuple[str, ...] | None = None,
 ) -> tuple[dict[str, Any], list[Finding], tuple[Sequence[int] | np.ndarray, Sequence[float] | np.ndarray] | None]:
     ctx = context or {}
     st: dict[str, Any] = {"v": STATE_VERSION} if not rule_states else dict(rule_states)
@@ -94,15 +97,19 @@ def _evaluate(
         cut = n0 - len(steps)
         ctx = {k: (v[cut:] if isinstance(v, (list, tuple)) and len(v) == n0 else v) for k, v in ctx.items()}
     arr: np.ndarray | None = None
+    bounds: tuple[float, float] | None = None
+    if rules is None:
+        rules = config.rules_for(key, kind)
     if isinstance(steps, np.ndarray):  # the parsed columns (the server): checked without per-point objects
         cols = np.asarray(values, dtype=float)
         if len(steps) >= FAST_MIN:
-            total = float(np.cumsum(cols)[-1])  # the sum as sum() adds them, left to right
-            if total - total == 0.0 and increasing(st["last"][0] if st.get("last") else None, steps):
+            lo, hi = float(cols.min()), float(cols.max())  # NaN if any value is NaN
+            if _finite_sum(cols, lo, hi) and increasing(st["last"][0] if st.get("last") else None, steps):
                 arr = cols  # all finite, no resume inside: numpy fast paths
+                bounds = (lo, hi)
         # the rules see plain Python numbers, as from lists: views where the rules read a few of them (the
         # fast paths), lists where they read every point (the loops; the paired rules index point by point)
-        if arr is not None and not _INDEXED.intersection(config.rules_for(key, kind)):
+        if arr is not None and _INDEXED.isdisjoint(rules):
             steps, values = Column(steps), Column(cols)
         else:
             steps, values = steps.tolist(), cols.tolist()
@@ -112,15 +119,16 @@ def _evaluate(
             arr = np.array(values, dtype=float)  # all finite, no resume inside: numpy fast paths
     path = None
     if kind in _LEVEL_KINDS:  # only losses are read by the paired rules (overfitting, misalignment)
-        st["level"], path = _level(st.get("level"), steps, values, arr, want_path, clip=kind != "grad_norm")
+        st["level"], path = _level(st.get("level"), steps, values, arr, want_path, clip=kind != "grad_norm",
+                                   bounds=bounds)
     findings: list[Finding] = []
     divergence = None
-    before = {r: ((st.get(r) or {}).get("active"), (st.get(r) or {}).get("onset")) for r in ("spike", "divergence")}
-    for rule in config.rules_for(key, kind):
+    first = steps[0]
+    for rule in rules:
         det = config.detector(rule)
         prev = st.get(rule)
         sub = det.initial_state() if prev is None else det._copy(prev)
-        if arr is not None and sub["last"] is not None and steps[0] <= sub["last"]:
+        if arr is not None and sub["last"] is not None and first <= sub["last"]:
             det.run_into(sub, steps, values, key, ctx, findings)  # the rule's own view disagrees: be safe
         else:
             det.run_into(sub, steps, values, key, ctx, findings, arr)
@@ -128,11 +136,16 @@ def _evaluate(
         if rule == "divergence":
             divergence = det
     st["last"] = [steps[-1], encode_number(values[-1])]
+    if not findings:  # the usual batch
+        return st, findings, path
     if any(f.rule == "divergence" and f.details.get("escalated_from") for f in findings):
         findings = _hand_over(findings, st, divergence)
     findings.sort(key=lambda f: (f.step, _ORDER.get(f.rule, 99)))
     if findings and (st.get("superseded") or any(
             f.action == "fire" and f.rule in ("divergence", "non_finite") for f in findings)):
+        # which alerts were open before the batch (the rules updated copies: the states passed in are as they were)
+        was = rule_states or {}
+        before = {r: ((was.get(r) or {}).get("active"), (was.get(r) or {}).get("onset")) for r in ("spike", "divergence")}
         findings = chain(findings, st, before)
     return st, findings, path
 
@@ -190,22 +203,21 @@ def evaluate_run(
     levels = {k: series_level(states.get(k)) for k in series_kinds}
     paths: dict[str, tuple[Sequence[int] | np.ndarray, Sequence[float] | np.ndarray]] = {}
     levels_before: dict[str, float | None] = {}
-    lr_points = _lr_points(series_kinds, batch)
-    paired = any(
-        r in ("overfitting", "misalignment") for k in batch for r in config.rules_for(k, series_kinds[k])
-    )
+    rules_of = {k: config.rules_for(k, series_kinds[k]) for k in batch}  # each key's rules, looked up once
+    lr_points = _lr_points(series_kinds, batch) if any("plateau" in r for r in rules_of.values()) else None
+    paired = not all(_INDEXED.isdisjoint(r) for r in rules_of.values())
     new = dict(states)
     findings: list[Finding] = []
     def order(k: str) -> int:  # training side, then evaluation losses (overfitting reads a training loss),
         kind = series_kinds[k]  # then metrics: whatever a key's name sorts as (eval_loss comes before loss)
-        return 2 if kind == "metric" else 1 if "overfitting" in config.rules_for(k, kind) else 0
+        return 2 if kind == "metric" else 1 if "overfitting" in rules_of[k] else 0
 
     for key in sorted(batch, key=order):
         steps, values = batch[key]
-        kind = series_kinds[key]
-        rules = config.rules_for(key, kind)
-        if not len(steps) or not rules:
+        rules = rules_of[key]
+        if not rules or not len(steps):
             continue
+        kind = series_kinds[key]
         if lr_points is None or "plateau" not in rules:  # plateau is the only rule that reads the LR
             point_lr = lr
         else:
@@ -215,14 +227,17 @@ def evaluate_run(
             if pair in ctx and ctx[pair] in paths:
                 ctx[name] = _level_at(paths[ctx[pair]], steps, levels_before.get(ctx[pair]))
         want = paired and kind != "metric"
-        state, found, path = _evaluate(states.get(key), key, kind, steps, values, config, ctx, want)
+        state, found, path = _evaluate(states.get(key), key, kind, steps, values, config, ctx, want, rules)
         new[key] = state
         if path is not None:
             levels_before[key] = levels.get(key)
             paths[key] = path
         levels[key] = series_level(state)
-        findings.extend(found)
+        if found:
+            findings.extend(found)
     if any(f.action == "fire" and f.rule in EXPLAINED for f in findings):
+        if lr_points is None:  # (looked up above only where plateau reads it)
+            lr_points = _lr_points(series_kinds, batch)
         lrp = (lr_points[0].tolist(), lr_points[1].tolist()) if lr_points is not None else None
         findings = [explain(f, new, series_kinds, lrp, lr) if f.action == "fire" and f.rule in EXPLAINED
                     else f for f in findings]
@@ -324,16 +339,29 @@ def _skip_replay(
     return steps, values
 
 
+def _finite_sum(cols: np.ndarray, lo: float, hi: float) -> bool:
+    """Whether the values' sum, added left to right, is finite (the fast paths' condition), given their
+    smallest and largest: every value finite, and the partial sums too (certain below 1e307 / n per value)."""
+    if lo - lo != 0.0 or hi - hi != 0.0:
+        return False  # a NaN or ±Inf among them
+    if max(-lo, hi) * cols.shape[0] < 1e307:
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(np.cumsum(cols)[-1])
+    return total - total == 0.0
+
+
 def _level(
     lv: Mapping[str, Any] | None, steps: Sequence[int], values: Sequence[float], arr: np.ndarray | None = None,
-    want_path: bool = False, clip: bool = True,
+    want_path: bool = False, clip: bool = True, bounds: tuple[float, float] | None = None,
 ) -> tuple[dict[str, Any], tuple[Sequence[int] | np.ndarray, Sequence[float] | np.ndarray] | None]:
     """Debiased EMA of the finite values, each clipped at three times the level before it (for a
     positive level; ``level + 2·|level|`` in general), so that one huge minibatch loss does not move
     the level that paired rules read (a single 40× batch would otherwise shift a 50-point EMA by
     1.6×). Per point, so the level does not depend on how points were batched. With ``want_path``
     also the (steps, levels) after each point, for evaluation points of the same batch. ``clip=False``
-    (gradient norms: no paired rule reads them, only an alert's explanation): a plain EMA."""
+    (gradient norms: no paired rule reads them, only an alert's explanation): a plain EMA. ``bounds``: the
+    smallest and largest of ``arr``, when known."""
     a = alpha_of(LEVEL_WINDOW)
     b = 1.0 - a
     a2 = alpha_of(BASE_WINDOW)
@@ -344,8 +372,21 @@ def _level(
         n, e, p, last = 0, 0.0, 1.0, None
         sb, pb = 0.0, 1.0
     if arr is not None and (last is None or steps[0] > last):
-        # the closed form up to the next point to clip, that point as the loop does it, and so on
         m = arr.shape[0]
+        if not clip or _never_clipped(n, e, p, arr, bounds):  # the usual batch: one closed form, nothing clipped
+            pb *= (1.0 - a2) ** m
+            if want_path:
+                sb = ema_last(sb, arr, a2)
+                path = ema_path(e, arr, a)
+                pw = powers(b, m) * p
+                lev = path / (1.0 - pw)
+                n, e, p = n + m, float(path[m - 1]), float(pw[m - 1])
+            else:  # the last element of each closed form, the same bits as the path's
+                e, sb = ema_last2(e, a, sb, a2, arr)
+                n, p = n + m, float(p * powers(b, m)[m - 1])
+            out = {"n": n, "e": e, "p": p, "last": steps[-1], "b": sb, "pb": pb}
+            return out, ((np.asarray(steps), lev) if want_path else None)
+        # the closed form up to the next point to clip, that point as the loop does it, and so on
         levs: list[np.ndarray] = []
         i = 0
         for _ in range(HANDOVERS):
@@ -416,16 +457,16 @@ def _level(
     return {"n": n, "e": e, "p": p, "last": last, "b": sb, "pb": pb}, ((ps, pl) if want_path else None)
 
 
-def _never_clipped(n: int, e: float, p: float, y: np.ndarray) -> bool:
+def _never_clipped(n: int, e: float, p: float, y: np.ndarray, bounds: tuple[float, float] | None = None) -> bool:
     """True when no value of ``y`` can exceed three times the level before it, so the clipping
     test of :func:`_level` need not be run point by point. The debiased level after a point is a
     convex combination of the level before it and the point, so it never falls below the smallest of
     the starting level and the values; every value at most three times that bound (less a margin far
-    above the closed form's rounding) is never clipped."""
-    lo = float(y.min())
+    above the closed form's rounding) is never clipped. ``bounds``: ``y``'s smallest and largest, if known."""
+    lo, hi = bounds if bounds is not None else (float(y.min()), float(y.max()))
     if n:
         lo = min(lo, e / (1.0 - p))
-    return lo > 0.0 and float(y.max()) <= 3.0 * lo * (1.0 - 1e-9)
+    return lo > 0.0 and hi <= 3.0 * lo * (1.0 - 1e-9)
 
 
 def _hand_over(findings: list[Finding], st: dict[str, Any], divergence: Any) -> list[Finding]:

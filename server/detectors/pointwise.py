@@ -21,6 +21,7 @@ from losswatch.server.detectors.base import (
     ema_path,
     encode_number,
     num,
+    powers,
     ratio_text,
     series_label,
 )
@@ -46,9 +47,11 @@ def _zs(arr: np.ndarray, u: float) -> np.ndarray:
     """:func:`_z` of every value of ``arr`` (NaN stays NaN)."""
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         z = np.arcsinh(arr / u)
-    big = np.isinf(z)
-    if big.any():
-        z[big] = np.copysign(_LOG2 + np.log(np.minimum(np.abs(arr[big]), _FMAX)) - math.log(u), arr[big])
+        total = float(np.add.reduce(z))  # finite (each |z| < 711) unless some z is ±Inf (or NaN)
+    if total - total != 0.0:
+        big = np.isinf(z)
+        if big.any():
+            z[big] = np.copysign(_LOG2 + np.log(np.minimum(np.abs(arr[big]), _FMAX)) - math.log(u), arr[big])
     return z
 
 
@@ -245,20 +248,35 @@ class Spike(Detector):
         y = _zs(arr if sign > 0 else -arr, u)
         n = y.shape[0]
         em0, ed0, p0, k0 = st["em"], st["ed"], st["p"], st.get("k", 0)
-        em = np.concatenate(([em0], ema_path(em0, y, a)))
-        pw = p0 * b ** np.arange(0, n + 1, dtype=float)
-        m_prev = em[:-1] / (1.0 - pw[:-1])
-        ed = np.concatenate(([ed0], ema_path(ed0, np.abs(y - m_prev), a)))
-        dev = m_prev + self.deviations * ed[:-1] / (1.0 - pw[:-1])
-        over = y > np.maximum(m_prev + math.log1p(self.rtol), dev)
+        # each expression as the closed form point by point has it (the same bits), the EMAs written after
+        # their value before the batch (em[i], ed[i]: before point i) instead of concatenated to it
+        em = np.empty(n + 1)
+        em[0] = em0
+        ema_path(em0, y, a, out=em[1:])  # the baseline's EMA
+        pw = powers(b, n, 0) * p0  # p before each point, and after the last
+        c = 1.0 - pw[:-1]  # the debiasing divisor before each point
+        m_prev = em[:-1] / c  # the debiased baseline before each point
+        d = np.subtract(y, m_prev)
+        np.abs(d, out=d)
+        ed = np.empty(n + 1)
+        ed[0] = ed0
+        ema_path(ed0, d, a, out=ed[1:])  # its mean absolute deviation
+        dev = ed[:-1] * self.deviations
+        dev /= c
+        dev += m_prev  # m_prev + deviations · ed / c
+        thr = m_prev + math.log1p(self.rtol)
+        np.maximum(thr, dev, out=thr)
+        over = y > thr
         # an exceeding point is winsorised in the loop: hand over exactly there
-        j = int(np.argmax(over)) if over.any() else n
+        j = int(over.argmax())
+        if not over[j]:
+            j = n
         # the heavy-tail rate: an EMA of the points past `deviations`, which are few (summed, not scanned)
         tb = 1.0 - alpha_of(TAIL_WINDOWS * self.window)
         tail = st.get("tail", 0.0) * tb ** j
-        noisy = y[:j] > dev[:j]
-        if np.count_nonzero(noisy):
-            tail += (1.0 - tb) * float(np.sum(tb ** (j - 1 - np.flatnonzero(noisy))))
+        noisy = (y[:j] > dev[:j]).nonzero()[0]
+        if noisy.shape[0]:
+            tail += (1.0 - tb) * float((tb ** (j - 1 - noisy)).sum())
         st.update(em=float(em[j]), ed=float(ed[j]), p=float(pw[j]), k=k0 + j, tail=tail,
                   tp=st.get("tp", 1.0) * tb ** j)
         return j if j < n else None

@@ -339,7 +339,15 @@ class RuleConfig:
         return got
 
     def detector(self, rule: str) -> Detector:
-        return self.rules[rule].detector()
+        """The rule's detector (memoised, as :meth:`rules_for`: ingest asks for it per series and batch)."""
+        cache = self.__dict__.get("_detectors")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_detectors", cache)
+        det = cache.get(rule)
+        if det is None:
+            det = cache[rule] = self.rules[rule].detector()
+        return det
 
     def pair(self, rule: str, key: str, series_kinds: Mapping[str, str]) -> str | None:
         """The series paired with ``key`` for ``overfitting`` (its training loss) or ``misalignment``

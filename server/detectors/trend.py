@@ -23,6 +23,7 @@ from losswatch.server.detectors.base import (
     check_int,
     ema_path,
     num,
+    powers,
     ratio_text,
     series_label,
 )
@@ -113,22 +114,32 @@ class Divergence(Detector):
         b = 1.0 - a
         y = arr if sign > 0 else -arr
         n = y.shape[0]
+        best0 = st["best"]
         e = ema_path(st["e"], y, a)
-        pw = st["p"] * b ** np.arange(1, n + 1, dtype=float)
+        pw = powers(b, n) * st["p"]
         sm = e / (1.0 - pw)
-        best = np.minimum(np.minimum.accumulate(sm), st["best"])
-        extra = self.atol + self.floor * abs(st.get("l0") or 0.0)
-        best_prev = np.concatenate(([st["best"]], best[:-1]))
+        # the best before each point and after the last (bst[i + 1]: after point i), and its margin, computed
+        # once for both tests (each element the same expression as point by point: the same bits)
+        bst = np.empty(n + 1)
+        bst[0] = best0
+        np.minimum.accumulate(sm, out=bst[1:])
+        np.minimum(bst[1:], best0, out=bst[1:])
+        margin = np.abs(bst)
+        margin *= self.rtol
+        margin += self.atol + self.floor * abs(st.get("l0") or 0.0)
         # a point that would be clipped, or where the smoothed value goes above the threshold: the loop's
-        stop = (sm > best + (self.rtol * np.abs(best) + extra)) | (y > best_prev + 3.0 * (self.rtol * np.abs(best_prev) + extra))
-        if stop.any():
-            n = int(np.argmax(stop))
-            if n == 0:
+        stop = sm > bst[1:] + margin[1:]
+        clip = margin[:-1] * 3.0
+        clip += bst[:-1]
+        stop |= y > clip
+        k = int(stop.argmax())
+        if stop[k]:
+            if k == 0:
                 return 0
-            e, pw, sm, best = e[:n], pw[:n], sm[:n], best[:n]
-        if best[-1] < st["best"]:
-            st["best_step"] = steps[int(np.argmin(sm))]
-        st.update(up=0, n=st["n"] + n, e=float(e[-1]), p=float(pw[-1]), best=float(best[-1]))
+            n = k
+        if bst[n] < best0:
+            st["best_step"] = steps[int(sm[:n].argmin())]
+        st.update(up=0, n=st["n"] + n, e=float(e[n - 1]), p=float(pw[n - 1]), best=float(bst[n]))
         return n
 
     def _loop(self, st, steps, values, key, out) -> None:  # type: ignore[no-untyped-def]

@@ -7,14 +7,18 @@ loop's verdict; the same run in large batches goes through the fast paths."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from typing import Any
 
 import numpy as np
 import pytest
 
-from losswatch.server.detectors import Finding, RuleConfig, evaluate_run
-from losswatch.server.detectors.base import FAST_MIN
+from losswatch.server.detectors import Finding, RuleConfig, driver, evaluate_run
+from losswatch.server.detectors.base import FAST_MIN, Column, ema_last, ema_last2, ema_path, powers
+from losswatch.server.detectors.driver import _finite_sum, _never_clipped
+from losswatch.server.detectors.pointwise import _z, _zs
 
 CFG = RuleConfig.default()
 _EXPLAIN = re.compile(r"; (moved most: |lr |grad_norm ).*$")
@@ -99,3 +103,124 @@ def test_a_batch_that_resends_a_point_already_seen_keeps_its_context_aligned():
     states, _ = evaluate_run(states, kinds, again, CFG, lr=0.1)
     assert states["val/accuracy"]["misalignment"]["steps"] == [50, 99, 150, 199]  # step 99 judged once
     assert states["val/accuracy"]["last"] == [199, 0.65]
+
+
+# --- the pieces that keep the fast paths cheap give the bits of the plain expressions (issue 13) -----------
+
+
+@pytest.mark.parametrize(("a1", "a2"), [(2 / 31, 2 / 2001), (2 / 51, 2 / 129), (0.5, 1.0)])
+def test_two_emas_in_one_pass_are_each_ema_last(a1: float, a2: float) -> None:
+    """The level's two EMAs (its 30-point level and the 2,000-point baseline) share one division and one
+    running sum; each is the single EMA's closed form, bit for bit, one block or several."""
+    y = np.random.default_rng(3).lognormal(0.0, 1.0, 7000)
+    if a2 < 1.0:  # (an EMA of weight 1 is its last value: none for no values)
+        assert ema_last2(0.7, a1, -0.2, a2, y[:0]) == (0.7, -0.2)
+    for n in (1, 2, 33, 1000, 2998, 2999, 7000):
+        got = ema_last2(0.7, a1, -0.2, a2, y[:n])
+        assert got == (ema_last(0.7, y[:n], a1), ema_last(-0.2, y[:n], a2))
+        assert got[0] == float(ema_path(0.7, y[:n], a1)[-1])
+
+
+@pytest.mark.parametrize("a", [2 / 51, 2 / 2001, 0.9, 1.0])
+def test_an_ema_path_written_into_a_buffer_is_the_same_path(a: float) -> None:
+    y = np.random.default_rng(4).lognormal(0.0, 1.0, 12_000)
+    for n in (1, 500, 12_000):
+        buf = np.full(n + 1, -1.0)
+        got = ema_path(0.3, y[:n], a, out=buf[1:])
+        assert got.base is buf or got is buf[1:] or np.shares_memory(got, buf)
+        assert np.array_equal(buf[1:], ema_path(0.3, y[:n], a)) and buf[0] == -1.0
+        assert np.array_equal(buf[1:], _ema_recurrence_closed_form(0.3, y[:n], a))
+
+
+def _ema_recurrence_closed_form(e0: float, y: np.ndarray, a: float) -> np.ndarray:
+    """The closed form as first written (np.cumsum, one block after another, copied into a result)."""
+    b = 1.0 - a
+    if b <= 0.0:
+        return y.astype(float, copy=True)
+    n = y.shape[0]
+    out = np.empty(n)
+    block = max(1, min(n, int(200.0 / -math.log(b))))
+    for i in range(0, n, block):
+        yb = y[i:i + block]
+        pw = b ** np.arange(1, yb.shape[0] + 1, dtype=float)
+        seg = pw * (e0 + a * np.cumsum(yb / pw))
+        out[i:i + yb.shape[0]] = seg
+        e0 = float(seg[-1])
+    return out
+
+
+def test_powers_from_zero_are_the_expression_and_read_only() -> None:
+    b = 1.0 - 2.0 / 129.0
+    got = powers(b, 1000, 0)
+    assert np.array_equal(got, b ** np.arange(0, 1001, dtype=float)) and got[0] == 1.0
+    assert powers(b, 1000, 0) is got and powers(b, 1000) is not got
+    with pytest.raises(ValueError):
+        got[0] = 2.0
+
+
+@pytest.mark.parametrize("values", [
+    [0.5, 1.5, 2.5], [1e308, 1e308], [1.7e308, -1.7e308, 1.7e308], [1e300] * 40, [1e306] * 40,
+    [0.5, math.nan, 1.0], [0.5, math.inf], [-math.inf, 1.0], [math.inf, -math.inf], [-1e308, -1e308],
+])
+def test_the_finiteness_check_is_the_left_to_right_sums(values: list[float]) -> None:
+    """The fast paths need every value finite and their running sum too (the former check added them
+    left to right); the check from the smallest and largest value says the same."""
+    cols = np.array(values)
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = float(np.cumsum(cols)[-1])
+        lo, hi = float(cols.min()), float(cols.max())
+    assert _finite_sum(cols, lo, hi) == (total - total == 0.0)
+
+
+def test_partial_sums_that_overflow_leave_columns_and_lists_alike() -> None:
+    """Finite values whose sum overflows (a loss at 1e308 twice) take the per-point loop, from columns as
+    from lists: the same findings and states."""
+    n = 200
+    steps = np.arange(n, dtype=np.int64)
+    values = 1.0 + 0.1 * np.random.default_rng(5).standard_normal(n)
+    values[120:122] = 1e308
+    kinds = {"train/loss": "loss"}
+    cols = evaluate_run({}, kinds, {"train/loss": (steps, values)}, CFG, lr=1e-3)
+    lists = evaluate_run({}, kinds, {"train/loss": (steps.tolist(), values.tolist())}, CFG, lr=1e-3)
+    assert [f.to_dict() for f in cols[1]] == [f.to_dict() for f in lists[1]]
+    assert json.dumps(cols[0], sort_keys=True) == json.dumps(lists[0], sort_keys=True)
+
+
+def test_the_spike_scale_of_values_whose_ratio_overflows_is_finite() -> None:
+    u = 1e-12
+    arr = np.array([1.0, 1e300, -1e300, 1.7e308, 3.0])
+    z = _zs(arr, u)
+    assert np.isfinite(z).all()
+    assert z.tolist() == [_z(v, u) for v in arr.tolist()]
+    plain = np.array([0.5, 2.0, 40.0])
+    assert _zs(plain, 0.25).tolist() == np.arcsinh(plain / 0.25).tolist()
+
+
+@pytest.mark.parametrize("want_path", [False, True])
+def test_the_level_skips_the_clipping_test_only_where_nothing_can_be_clipped(want_path: bool) -> None:
+    """A batch whose values all stay below three times the smallest level it can reach is never clipped:
+    the level then takes the closed form in one go, with or without the path the paired rules read, and
+    gives what the point-by-point clipping test gives (forced here with bounds that can't pass)."""
+    rng = np.random.default_rng(6)
+    st_a: dict[str, Any] | None = None
+    st_b: dict[str, Any] | None = None
+    quiet = 0
+    for lo in range(0, 6000, 1000):
+        arr = np.exp(-np.arange(lo, lo + 1000) / 4000.0) * rng.lognormal(0.0, 0.1, 1000)
+        steps = Column(np.arange(lo, lo + 1000, dtype=np.int64))
+        if st_a is None or _never_clipped(st_a["n"], st_a["e"], st_a["p"], arr):
+            quiet += 1
+        st_a, path_a = driver._level(st_a, steps, Column(arr), arr, want_path, True)
+        st_b, path_b = driver._level(st_b, steps, Column(arr), arr, want_path, True,
+                                     bounds=(float(arr.min()), math.inf))
+        assert st_a == st_b
+        if want_path:
+            assert np.array_equal(path_a[0], path_b[0]) and np.array_equal(path_a[1], path_b[1])
+    assert quiet >= 5
+
+
+def test_a_rules_detector_is_made_once_per_configuration() -> None:
+    cfg = RuleConfig.default().merge({"spike": {"window": 64}})
+    assert cfg.detector("spike") is cfg.detector("spike")
+    assert cfg.detector("spike").window == 64 and RuleConfig.default().detector("spike").window == 128
+    assert cfg.silence(["spike"]).detector("divergence") == cfg.detector("divergence")
