@@ -116,6 +116,18 @@ def _same_origin(request: Request, origin: str) -> bool:
 
 
 def get_principal(request: Request) -> Principal:
+    principal = _principal(request, lookup=True)
+    assert principal is not None
+    return principal
+
+
+def cached_principal(request: Request) -> Principal | None:
+    """:func:`get_principal` without the database (for the event loop): None where the token is not
+    in this process's cache and would have to be read. Raises as :func:`get_principal` does."""
+    return _principal(request, lookup=False)
+
+
+def _principal(request: Request, *, lookup: bool) -> Principal | None:
     state = request.app.state
     if not state.settings.auth_required:
         return LOCAL
@@ -128,6 +140,8 @@ def get_principal(request: Request) -> Principal:
     cache: AuthCache = state.auth_cache
     principal = cache.get(token)
     if principal is None:
+        if not lookup:
+            return None
         with state.db.read() as session:
             principal = authenticate(session, token)
         if principal is None:  # unknown, revoked or expired: never cached
@@ -183,10 +197,22 @@ def authorize_run(request: Request, principal: Principal, run_id: str, scope: st
     """404 (another project's run, or none) or 403 (too low a scope) unless the caller may act on the run. A run never changes project, so the
     run -> project mapping is cached; only for ``_RUN_OWNER_TTL_S``, because a deleted run's id can
     be taken again (by another project) while another server process still holds the old entry."""
+    _authorize_run(request, principal, run_id, scope, lookup=True)
+
+
+def authorize_run_cached(request: Request, principal: Principal, run_id: str, scope: str) -> bool:
+    """:func:`authorize_run` without the database (for the event loop): False, having checked
+    nothing, where the run's project is not in this process's cache. Raises as :func:`authorize_run`."""
+    return _authorize_run(request, principal, run_id, scope, lookup=False)
+
+
+def _authorize_run(request: Request, principal: Principal, run_id: str, scope: str, *, lookup: bool) -> bool:
     cache: dict[str, tuple[float, int, str]] = request.app.state.run_projects
     hit = cache.get(run_id)
     now = time.monotonic()
     if hit is None or hit[0] <= now:
+        if not lookup:
+            return False
         with request.app.state.db.read() as session:
             project_id, project = runs.run_project(session, run_id)
         hit = (now + _RUN_OWNER_TTL_S, project_id, project)
@@ -194,6 +220,7 @@ def authorize_run(request: Request, principal: Principal, run_id: str, scope: st
             cache.clear()
         cache[run_id] = hit
     check_access(principal, hit[1], hit[2], scope, hidden=run_not_found(run_id))
+    return True
 
 
 def forget_run(request: Request, run_id: str) -> None:

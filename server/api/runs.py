@@ -10,7 +10,17 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from losswatch.client import wire
-from losswatch.server.api.deps import API_ERRORS, DB, Caller, JSONBytes, authorize_run, get_db, get_principal
+from losswatch.server.api.deps import (
+    API_ERRORS,
+    DB,
+    Caller,
+    JSONBytes,
+    authorize_run,
+    authorize_run_cached,
+    cached_principal,
+    get_db,
+    get_principal,
+)
 from losswatch.server.api.schemas import (
     RUN_ID_PATTERN,
     ErrorResponse,
@@ -26,6 +36,7 @@ from losswatch.server.api.schemas import (
 )
 from losswatch.server.errors import LosswatchError
 from losswatch.server.services import ingest, points, runs
+from losswatch.server.services.batches import SeriesBatch
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"], responses=API_ERRORS)
 RunId = Annotated[str, Query(pattern=RUN_ID_PATTERN)]
@@ -99,6 +110,27 @@ def _ingest(request: Request, run_id: str, body: bytes) -> dict[str, object]:
     return ingest.ingest(get_db(request), run_id, body, columnar=_checked(request, run_id))
 
 
+# Bodies parsed on the event loop when the checks need no database: about 0.3 ms for a columnar
+# batch of 10,000 points, as long as a thread hop; JSON costs about ten times more per byte.
+_ON_LOOP_BYTES = {True: 1 << 20, False: 1 << 16}
+
+
+def _parsed_on_loop(request: Request, run_id: str, body: bytes) -> list[SeriesBatch] | None:
+    """The checks and the parsing of :func:`_parsed`, where they need no database and the body is
+    small; None (nothing checked) otherwise."""
+    principal = cached_principal(request)
+    if principal is None or not authorize_run_cached(request, principal, run_id, "write"):
+        return None
+    columnar = _columnar(request.headers.get("content-type"))
+    if len(body) > _ON_LOOP_BYTES[columnar]:
+        return None
+    return ingest.parse(get_db(request), body, columnar)
+
+
+def _parsed(request: Request, run_id: str, body: bytes) -> list[SeriesBatch]:
+    return ingest.parse(get_db(request), body, _checked(request, run_id))
+
+
 @router.post(
     "/{run_id}/points",
     response_model=IngestResult,
@@ -114,11 +146,16 @@ async def ingest_points(run_id: str, request: Request) -> JSONBytes:
     (`application/vnd.losswatch.columnar`, layout in docs/api.md) with one `numpy.frombuffer` per
     column, bit-exact. The Content-Type header chooses; the answer is JSON either way."""
     body = await request.body()
-    # SQLite: one hop to the group-commit writer, which also runs the checks and the parsing;
-    # PostgreSQL: a worker thread per request, the transactions side by side.
-    pending = ingest.submit(get_db(request), run_id, lambda: (body, _checked(request, run_id)))
-    if pending is None:
+    db = get_db(request)
+    if db.group_writer is None:  # PostgreSQL: a worker thread per request, the transactions side by side
         return JSONBytes(await run_in_threadpool(_ingest, request, run_id, body))
+    # SQLite: checked and parsed here (in a worker thread where that needs the database), then one
+    # hop to the group-commit writer, which only writes.
+    batch = _parsed_on_loop(request, run_id, body)
+    if batch is None:
+        batch = await run_in_threadpool(_parsed, request, run_id, body)
+    pending = ingest.submit_parsed(db, run_id, batch)
+    assert pending is not None
     return JSONBytes(await asyncio.wrap_future(pending))
 
 

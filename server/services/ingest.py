@@ -32,13 +32,19 @@ def submit(db: Database, run_id: str, prepare: Callable[[], tuple[bytes, bool]])
     transaction and gives the body and whether it is columnar (it may raise: 401/403/404/415).
     The future resolves after the commit. None where the backend has no such writer (PostgreSQL,
     whose writers run side by side): call :func:`ingest` then."""
+    return _submit(db, run_id, lambda: parse(db, *prepare()))
+
+
+def submit_parsed(db: Database, run_id: str, batch: list[SeriesBatch]) -> Future[dict[str, Any]] | None:
+    """:func:`submit` for a batch parsed already (by the caller's thread: the writer thread only
+    writes, and parses nothing while batches queue behind it)."""
+    return _submit(db, run_id, lambda: batch)
+
+
+def _submit(db: Database, run_id: str, parsed: Callable[[], list[SeriesBatch]]) -> Future[dict[str, Any]] | None:
     writer = db.group_writer
     if writer is None:
         return None
-
-    def parsed() -> list[SeriesBatch]:
-        body, columnar = prepare()
-        return parse(db, body, columnar=columnar)
 
     def write(session: Session, batch: list[SeriesBatch]) -> tuple[dict[str, Any], bool]:
         return _record(session, db, run_id, batch)
@@ -60,7 +66,7 @@ def submit(db: Database, run_id: str, prepare: Callable[[], tuple[bytes, bool]])
     return done
 
 
-def parse(db: Database, body: bytes, *, columnar: bool) -> list[SeriesBatch]:
+def parse(db: Database, body: bytes, columnar: bool) -> list[SeriesBatch]:
     return (batches.parse_columnar if columnar else batches.parse_batch)(body, limits=_limits(db))
 
 
@@ -93,9 +99,9 @@ def _record(session: Session, db: Database, run_id: str, batch: list[SeriesBatch
     ctx = alerts.run_context(session, run, db.settings.public_url)
     findings = monitor.evaluate_batch(ctx, run, fresh, series, session)
     points.save_series(session, series)
-    save_monitor_state(session, run_id, run.monitor_state or {})
     changed = alerts.apply_findings(session, ctx, findings)
-    active = alerts.active_alerts(session, run_id, also=changed)
+    firing = save_monitor_state(session, run_id, run.monitor_state or {})
+    active = alerts.active_alerts(session, run_id, also=changed) if firing or changed else []
     return {"accepted": accepted, "alerts": active}, bool(changed)
 
 
@@ -104,9 +110,9 @@ def heartbeat(db: Database, run_id: str) -> HeartbeatResult:
         run = touch_run(session, run_id)
         ctx = alerts.run_context(session, run, db.settings.public_url)
         findings = monitor.arrive(ctx, run, None)
-        save_monitor_state(session, run_id, run.monitor_state or {})
         changed = alerts.apply_findings(session, ctx, findings)
-        active = alerts.active_alerts(session, run_id, also=changed)
+        firing = save_monitor_state(session, run_id, run.monitor_state or {})
+        active = alerts.active_alerts(session, run_id, also=changed) if firing or changed else []
     if changed:
         db.wake_delivery()
     return HeartbeatResult(status=run.status, alerts=active)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, and_, bindparam, case, delete, func, select, type_coerce, update
+from sqlalchemy import Text, and_, bindparam, case, delete, exists, func, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from losswatch.server.api.schemas import RunCreate, RunRead, RunUpdate, SeriesSummary
@@ -160,7 +160,13 @@ _TOUCH = (
     update(_RUNS).where(_RUNS.c.id == bindparam("rid")).values(heartbeat_at=bindparam("t"))
     .returning(_RUNS.c.status, _RUNS.c.name, _RUNS.c.project_id, _RUNS.c.alert_config, _RUNS.c.monitor_state)
 )
-_SAVE_MONITOR = update(_RUNS).where(_RUNS.c.id == bindparam("rid")).values(monitor_state=bindparam("state"))
+_ALERTS = Alert.__table__
+# The monitor state is the batch's last write to its run; the same statement says whether any alert of
+# the run is firing then (the batch's own changes included), so the usual answer, none, costs no query.
+_SAVE_MONITOR = (
+    update(_RUNS).where(_RUNS.c.id == bindparam("rid")).values(monitor_state=bindparam("state"))
+    .returning(exists().where(_ALERTS.c.run_id == bindparam("rid"), _ALERTS.c.status == "firing"))
+)
 
 
 def touch_run(session: Session, run_id: str) -> TouchedRun:
@@ -177,8 +183,10 @@ def touch_run(session: Session, run_id: str) -> TouchedRun:
     return touched
 
 
-def save_monitor_state(session: Session, run_id: str, state: dict[str, Any]) -> None:
-    session.execute(_SAVE_MONITOR, {"rid": run_id, "state": state})
+def save_monitor_state(session: Session, run_id: str, state: dict[str, Any]) -> bool:
+    """Write the run's monitor state; whether an alert of the run is firing now (after the writes of
+    the caller's transaction so far: call it after the alerts are applied)."""
+    return bool(session.execute(_SAVE_MONITOR, {"rid": run_id, "state": state}).scalar())
 
 
 # --- listing ---------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,8 +22,18 @@ T = TypeVar("T")
 P = TypeVar("P")
 
 
+def sqlite_file(settings: Settings) -> str | None:
+    """The file of a SQLite database (None for PostgreSQL, or an in-memory SQLite)."""
+    if not settings.is_sqlite:
+        return None
+    path = make_url(settings.database_url).database
+    return path if path and path != ":memory:" and not path.startswith("file:") else None
+
+
 def make_engine(settings: Settings) -> Engine:
     if settings.is_sqlite:
+        # A file database is checkpointed by the process's Checkpointer, off the commit path.
+        autocheckpoint = 0 if sqlite_file(settings) else 1000
         engine = create_engine(
             settings.database_url,
             connect_args={"check_same_thread": False, "timeout": 30},
@@ -41,6 +51,7 @@ def make_engine(settings: Settings) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA cache_size=-16384")  # 16 MiB per connection
+            cur.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint}")
             cur.close()
 
         return engine
@@ -65,6 +76,8 @@ class Database:
         self._group: GroupWriter | None = None
         self._group_lock = threading.Lock()
         self.outbox_event = threading.Event()
+        path = sqlite_file(settings)
+        self._checkpoints = Checkpointer(self.engine, path) if path else None
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -75,8 +88,11 @@ class Database:
     def write(self) -> Iterator[Session]:
         """A transaction that commits at the end, or rolls back on error."""
         if self._write_lock is not None:
-            with self._write_lock, self.sessions() as session, session.begin():
-                yield session
+            with self._write_lock:
+                with self.sessions() as session, session.begin():
+                    yield session
+                if self._checkpoints is not None:
+                    self._checkpoints.committed()
         else:
             with self.sessions() as session, session.begin():
                 yield session
@@ -99,7 +115,82 @@ class Database:
     def dispose(self) -> None:
         if self._group is not None:
             self._group.stop()
+        if self._checkpoints is not None:
+            self._checkpoints.stop()
         self.engine.dispose()
+
+
+class Checkpointer:
+    """WAL checkpoints of a SQLite file on a thread of their own, not in the commit of a request.
+
+    SQLite's automatic checkpoint runs inside the commit that passes 1,000 WAL pages: that commit
+    copies the pages into the database and syncs it, 40-60 ms at the ``ingest`` bench's rate (one
+    batch in ten), while its caller and every batch queued behind it wait. Here a commit only sets an
+    event (the connections run with ``wal_autocheckpoint=0``) and this thread runs a ``PASSIVE``
+    checkpoint at most every :data:`INTERVAL_S` on a connection of its own; it waits for no
+    one, and the writer goes on while it runs (the copying and the sync release the GIL). Under
+    writes that never pause, a checkpoint beside them never backfills the frames written meanwhile,
+    and only a complete one lets the WAL start over: once it holds more than :data:`MAX_FRAMES`
+    frames, the next commit finishes the checkpoint itself, under the write lock (the frames
+    since the last one), as SQLite would have. Crash safety is SQLite's either way (WAL,
+    ``synchronous=NORMAL``)."""
+
+    INTERVAL_S = 0.2
+    MAX_FRAMES = 4_096  # 16 MiB of 4 KiB pages
+
+    def __init__(self, engine: Engine, path: str) -> None:
+        self._engine, self._path = engine, path
+        self._wake, self._stopping = threading.Event(), threading.Event()
+        self.behind = False
+        self._thread = threading.Thread(target=self._loop, name="losswatch-checkpoint", daemon=True)
+        self._thread.start()
+
+    def committed(self) -> None:
+        """After a commit, on the writer's thread (holding the write lock). Never raises: the
+        caller's transaction is committed already."""
+        if self.behind:
+            import sqlite3
+
+            try:
+                raw = self._engine.raw_connection()
+                try:
+                    raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # type: ignore[union-attr]
+                finally:
+                    raw.close()
+            except sqlite3.Error:  # busy with the thread's own checkpoint, say: the next commit tries again
+                log.warning("a WAL checkpoint after a commit failed; the next commit retries", exc_info=True)
+            else:
+                self.behind = False
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(30)
+
+    def _loop(self) -> None:
+        import sqlite3
+
+        conn: sqlite3.Connection | None = None
+        try:
+            while True:
+                self._wake.wait()
+                if self._stopping.is_set():
+                    return
+                self._wake.clear()
+                try:
+                    if conn is None:  # opened after the first commit: the file and its WAL exist
+                        conn = sqlite3.connect(self._path, timeout=30, check_same_thread=False)
+                    _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    log.warning("a WAL checkpoint failed; the next one retries", exc_info=True)
+                else:
+                    self.behind = frames > self.MAX_FRAMES
+                if self._stopping.wait(self.INTERVAL_S):
+                    return
+        finally:
+            if conn is not None:
+                conn.close()
 
 
 class GroupWriter:
@@ -265,8 +356,11 @@ _QUOTED = ", ".join(f'"{c}"' for c in _CHUNK_COLUMNS)
 _SQLITE_INSERT = f"INSERT INTO chunks ({_QUOTED}) VALUES ({', '.join('?' * len(_CHUNK_COLUMNS))})"
 _SQLITE_UPDATE = ("UPDATE chunks SET " + ", ".join(f'"{c}" = ?' for c in _CHUNK_COLUMNS[2:])
                   + " WHERE series_id = ? AND chunk_no = ?")
-_PG_COPY = f"COPY chunks ({_QUOTED}) FROM STDIN (FORMAT BINARY)"
-_PG_TYPES = ["int4", "int8", "int4", "int4", "float8", "float8", "bytea", "bytea", "bytea", "bytea"]
+# PostgreSQL: the arrays as binary parameters (%b), no text escaping of the bytes either way.
+_PG_INSERT = f"INSERT INTO chunks ({_QUOTED}) VALUES (%s, %s, %s, %s, %s, %s, %b, %b, %b, %b)"
+_PG_UPDATE = ("UPDATE chunks SET " + ", ".join(f'"{c}" = %{"b" if i >= 4 else "s"}'
+                                              for i, c in enumerate(_CHUNK_COLUMNS[2:]))
+              + " WHERE series_id = %s AND chunk_no = %s")
 # False: the portable SQLAlchemy statements on every backend (the benchmark's "before" figure).
 FAST_CHUNK_WRITES = True
 
@@ -276,11 +370,13 @@ def write_chunks(session: Session, inserts: list[dict[str, Any]], updates: list[
     """Write new chunk rows and rewrite changed ones in the session's transaction.
 
     Chunk rows are few and large (one per 1,024 steps of a series), so the cost per batch is in the
-    round trips and the per-statement overhead, not in the data. On PostgreSQL new rows go in one
-    binary ``COPY``; changed rows stay with ``update_stmt``, which psycopg sends as one pipeline (one
-    ``UPDATE ... FROM unnest(...)`` of binary arrays was slower in a side-by-side trial). The
-    ``ingest`` bench section's ``store_*`` figures compare this path with the portable one. On SQLite both are one ``executemany`` of plain tuples on the driver's
-    connection, skipping SQLAlchemy's per-row parameter processing. ``insert_stmt`` /
+    round trips and the per-statement overhead, not in the data. On PostgreSQL the new rows' INSERTs
+    and the changed rows' UPDATEs go in one psycopg pipeline, the arrays as binary parameters: one
+    round trip for both, where a binary ``COPY`` of the new rows took three or more of its own (its
+    start, its data, its end) before the UPDATEs' pipeline (one ``UPDATE ... FROM unnest(...)`` of
+    binary arrays was slower in a side-by-side trial). The ``ingest`` bench section's ``store_*``
+    figures compare this path with the portable one. On SQLite both are one ``executemany`` of plain
+    tuples on the driver's connection, skipping SQLAlchemy's per-row parameter processing. ``insert_stmt`` /
     ``update_stmt`` (SQLAlchemy, bound by the dicts' keys) are the portable path, used when
     :data:`FAST_CHUNK_WRITES` is off or the dialect is another."""
     if not inserts and not updates:
@@ -304,10 +400,8 @@ def write_chunks(session: Session, inserts: list[dict[str, Any]], updates: list[
         finally:
             cur.close()
         return
-    if inserts:
-        with driver.cursor() as cur, cur.copy(_PG_COPY) as copy:
-            copy.set_types(_PG_TYPES)
-            for r in inserts:
-                copy.write_row(tuple(r[k] for k in _CHUNK_KEYS))
-    if updates:
-        session.execute(update_stmt, updates)
+    with driver.pipeline(), driver.cursor() as cur:
+        if inserts:
+            cur.executemany(_PG_INSERT, [tuple(r[k] for k in _CHUNK_KEYS) for r in inserts])
+        if updates:
+            cur.executemany(_PG_UPDATE, [tuple(r[k] for k in _CHUNK_KEYS[2:]) + (r["sid"], r["no"]) for r in updates])

@@ -1,5 +1,5 @@
 """The chunk-row write paths (``losswatch.server.storage.db.write_chunks``) on SQLite and PostgreSQL: the fast
-ones (plain-tuple executemany; binary COPY and ``UPDATE ... FROM unnest``) store exactly the rows the
+ones (plain-tuple executemany; one psycopg pipeline of INSERTs and UPDATEs with binary arrays) store exactly the rows the
 portable SQLAlchemy statements store, and a retried batch is neither rewritten nor shown again to
 the detectors (``record_points(..., fresh)``)."""
 
