@@ -26,8 +26,6 @@ from losswatch.server.detectors.base import (
     series_label,
 )
 
-#: the heavy-tail rate of a series is learned over this many baseline windows (1,024 points by default)
-TAIL_WINDOWS = 8
 _TINY = 1e-12  # the scale unit when the first loss is 0 (or floor is 0): pure log
 _LOG2 = math.log(2.0)
 _FMAX = 1.7976931348623157e308
@@ -143,9 +141,11 @@ class Spike(Detector):
     A point exceeds when it is more than ``1 + rtol`` × the baseline *and* ``deviations`` mean absolute
     deviations above it (on the log scale). The alert fires when ``min_points`` of the last
     ``min_points + 2`` points exceed (3 of 5 by default), with the onset at the first exceeding point; a
-    single point beyond ``1 + single_rtol`` × the baseline and ``single_deviations`` deviations fires at
-    once at ``single_severity`` (a bad batch that returns at once), raised to warning when ``min_points``
-    follow. It resolves when a fast EMA (10-point span) of the points since onset is back below the
+    single point beyond ``1 + single_rtol`` × the baseline and ``single_envelope`` × the largest excursion
+    of the run's recent batches (its noise envelope) fires at once at ``single_severity`` (a bad batch that
+    returns at once), raised to warning when ``min_points`` follow. The envelope is the largest log ratio of
+    a judged batch to its baseline, lowered by ``envelope_decay`` per point since (a decaying maximum: a
+    run whose batches often reach 5× needs a lone batch past 10×, a smooth one only 2×). It resolves when a fast EMA (10-point span) of the points since onset is back below the
     baseline plus half the jump threshold (a smoothed test: one low noisy point does not end it). When it
     has not recovered ``recovery`` steps after onset it escalates: the spike alert is superseded by a
     critical ``divergence`` finding and the baseline is learned anew.
@@ -160,10 +160,8 @@ class Spike(Detector):
         deviations: ... and this many mean absolute deviations of log loss above it (its own noise).
         min_points: exceeding points among the last ``min_points + 2`` before firing.
         single_rtol: a single point this far above fires at once, at ``single_severity`` (0: off).
-        single_deviations: ... when also this many mean absolute deviations of log loss above it.
-        single_tail: share of the run's batches past ``deviations`` (an EMA over ``TAIL_WINDOWS`` windows)
-            above which the run is heavy-tailed: a lone batch there must pass ``single_tail_rtol`` instead.
-        single_tail_rtol: the relative jump a lone batch of a heavy-tailed run must pass (29: 30×).
+        single_envelope: ... when also this many times the run's noise envelope above its baseline.
+        envelope_decay: how fast the envelope forgets an excursion (log units per point).
         floor: share of the run's first loss below which the scale turns linear (near-zero losses).
         recovery: steps after onset within which the series must recover, else escalate.
         warmup: points learned per segment before the rule can fire.
@@ -179,9 +177,8 @@ class Spike(Detector):
     deviations: float = 4.0
     min_points: int = 3
     single_rtol: float = 1.0
-    single_deviations: float = 8.0
-    single_tail: float = 0.002
-    single_tail_rtol: float = 29.0
+    single_envelope: float = 2.0
+    envelope_decay: float = 0.001
     single_severity: str = "info"
     floor: float = 0.25
     recovery: int = 500
@@ -195,9 +192,8 @@ class Spike(Detector):
         check_float(self, "deviations", 0.0)
         check_int(self, "min_points", 1)
         check_float(self, "single_rtol", 0.0)
-        check_float(self, "single_deviations", 0.0)
-        check_float(self, "single_tail", 0.0)
-        check_float(self, "single_tail_rtol", 0.0)
+        check_float(self, "single_envelope", 1.0)
+        check_float(self, "envelope_decay", 0.0)
         check_choice(self, "single_severity", ("info", "warning", "critical"))
         check_float(self, "floor", 0.0)
         check_int(self, "recovery", 1)
@@ -206,7 +202,7 @@ class Spike(Detector):
 
     def _fresh(self) -> dict[str, Any]:
         return {
-            "n": 0, "em": 0.0, "ed": 0.0, "p": 1.0, "k": 0, "tail": 0.0, "tp": 1.0, "ex": [], "active": False,
+            "n": 0, "em": 0.0, "ed": 0.0, "p": 1.0, "k": 0, "env": None, "ex": [], "active": False,
             "log": True, "onset": None, "base": None, "rec_level": None, "peak": None, "ea": 0.0, "pa": 1.0,
             "thr": None,
         }
@@ -267,18 +263,27 @@ class Spike(Detector):
         thr = m_prev + math.log1p(self.rtol)
         np.maximum(thr, dev, out=thr)
         over = y > thr
+        # the noise envelope before each point: the running largest of (log ratio + decay × the point's count),
+        # the loop's expressions; a point past it (and past single_rtol) is a lone-batch candidate
+        r = y - m_prev
+        kk = np.arange(k0 + 1, k0 + n + 1, dtype=float)
+        top = r + self.envelope_decay * kk
+        env0 = st.get("env")
+        before = np.empty(n)
+        before[0] = -math.inf if env0 is None else env0
+        np.maximum.accumulate(top[:-1], out=before[1:])
+        np.maximum(before[1:], before[0], out=before[1:])
+        if self.single_rtol > 0.0:
+            lone = before - self.envelope_decay * kk + math.log(self.single_envelope)
+            np.maximum(lone, math.log1p(self.single_rtol), out=lone)
+            over |= r > lone
         # an exceeding point is winsorised in the loop: hand over exactly there
         j = int(over.argmax())
         if not over[j]:
             j = n
-        # the heavy-tail rate: an EMA of the points past `deviations`, which are few (summed, not scanned)
-        tb = 1.0 - alpha_of(TAIL_WINDOWS * self.window)
-        tail = st.get("tail", 0.0) * tb ** j
-        noisy = (y[:j] > dev[:j]).nonzero()[0]
-        if noisy.shape[0]:
-            tail += (1.0 - tb) * float((tb ** (j - 1 - noisy)).sum())
-        st.update(em=float(em[j]), ed=float(ed[j]), p=float(pw[j]), k=k0 + j, tail=tail,
-                  tp=st.get("tp", 1.0) * tb ** j)
+        if j:
+            st["env"] = float(max(before[j - 1], top[j - 1]))
+        st.update(em=float(em[j]), ed=float(ed[j]), p=float(pw[j]), k=k0 + j)
         return j if j < n else None
 
     def _loop(self, st, steps, values, key, out) -> None:  # type: ignore[no-untyped-def]
@@ -289,11 +294,8 @@ class Spike(Detector):
         fb = 1.0 - fa
         jump, dev, warmup = math.log1p(self.rtol), self.deviations, self.warmup
         single = math.log1p(self.single_rtol) if self.single_rtol > 0.0 else math.inf
-        sdev, stail = self.single_deviations, self.single_tail
-        heavy = math.log1p(self.single_tail_rtol) if self.single_rtol > 0.0 else math.inf
-        n, em, ed, p, tail, tp = st["n"], st["em"], st["ed"], st["p"], st.get("tail", 0.0), st.get("tp", 1.0)
-        ta = alpha_of(TAIL_WINDOWS * self.window)
-        tb = 1.0 - ta
+        margin, decay = math.log(self.single_envelope), self.envelope_decay
+        n, em, ed, p, env = st["n"], st["em"], st["ed"], st["p"], st.get("env")
         active = st["active"]
         k, ex, span = st.get("k", 0), st.setdefault("ex", []), self.min_points + 2
         u = self._unit(st)
@@ -343,7 +345,7 @@ class Spike(Detector):
                 elif s - st["onset"] >= self.recovery:
                     active = False
                     out.extend(self._escalation(s, v, level, st, key, sign, u))
-                    n, em, ed, p = 0, 0.0, 0.0, 1.0  # learn the new level as the baseline
+                    n, em, ed, p, env = 0, 0.0, 0.0, 1.0, None  # learn the new level as the baseline
                 continue
             if n < warmup:
                 n += 1
@@ -359,16 +361,14 @@ class Spike(Detector):
             k += 1
             while ex and k - ex[0][0] >= span:
                 del ex[0]
-            # the run's batches seldom pass `deviations` of its own noise (debiased rate): no heavy tail
-            rare = tail < stail * (1.0 - tp)
-            tail = tb * tail + ta * (z > m + dev * d)
-            tp *= tb
-            if z > thr:
+            r = z - m
+            # a single batch: far above the baseline as a ratio and beyond the largest excursions of the run's
+            # own recent batches, so the heavy tail of healthy minibatch losses stays below it
+            lone = r > max(single, -math.inf if env is None else env - decay * k + margin)
+            if z > thr or lone:
                 ex.append([k, s])
                 many = len(ex) >= self.min_points
-                # a single batch: far above the baseline both as a ratio and in its own noise, so the heavy
-                # tail of healthy minibatch losses stays below it
-                if many or z > m + max(single if rare else heavy, sdev * d, thr - m):
+                if many or lone:
                     active = True
                     st.update(
                         onset=ex[0][1], base=m, rec_level=self._back(m, thr, u), peak=encode_number(y),
@@ -378,11 +378,14 @@ class Spike(Detector):
                     ex.clear()
                     out.append(self._finding("fire", s, v, st, key, sign, u))
                     continue
+            top = r + decay * k  # the envelope: the largest log ratio, lowered by decay per point since
+            if env is None or top > env:
+                env = top
             zw = z if z < thr else thr  # an exceeding point enters the baseline winsorised at the threshold
             em = b * em + a * zw
             p *= b
             ed = b * ed + a * abs(zw - m)
-        st.update(n=n, em=em, ed=ed, p=p, k=k, tail=tail, tp=tp, active=active)
+        st.update(n=n, em=em, ed=ed, p=p, k=k, env=env, active=active)
 
     def _back(self, m: float, thr: float, u: float) -> float:
         """The level (judging scale) below which a spike has recovered: halfway to the threshold, and no
