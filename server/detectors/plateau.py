@@ -40,6 +40,11 @@ _COLLAPSED = 1e-3
 PEERS_FACTOR = 3.0
 
 
+#: values beyond this magnitude are no level to judge (no loss is 1e290): their running sums would overflow
+#: to ±Inf, which a saved state (JSON; PostgreSQL's JSONB refuses Infinity) cannot hold
+_HUGE = 1e290
+
+
 @dataclass(frozen=True)
 class Plateau(Detector):
     """No improvement beyond the noise for a share of the run's own length, after fast progress.
@@ -115,7 +120,7 @@ class Plateau(Detector):
         }
 
     def _run(self, st, steps, values, key, context, out, arr=None) -> None:  # type: ignore[no-untyped-def]
-        if arr is None or st["n"] < 10 or st["start"] is None:
+        if arr is None or st["n"] < 10 or st["start"] is None or not -_HUGE < arr.min() <= arr.max() < _HUGE:
             self._loop(st, steps, values, key, context, out)
             return
         lr = context.get("lr")
@@ -254,7 +259,7 @@ class Plateau(Detector):
                 last_lr = lr
                 if st["lr_max"] is None or lr > st["lr_max"]:
                     st["lr_max"] = lr
-            if v - v != 0.0:
+            if v - v != 0.0 or not -_HUGE < v < _HUGE:  # non-finite, or so huge that its sums would overflow
                 if restart:
                     since = s
                 continue
