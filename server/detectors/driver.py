@@ -49,6 +49,11 @@ BASE_WINDOW = 2000  # the slow level an alert's explanation compares with
 _INDEXED = frozenset(("overfitting", "misalignment"))  # rules that read a batch point by point even when fast
 
 
+#: values beyond this magnitude take the rules' loops, not their closed forms (which divide by (1 - a)^k down to
+#: e^-200 and would overflow to ±Inf, a state JSON cannot hold); no loss or gradient norm comes near it
+_HUGE = 1e200
+
+
 def evaluate_series(
     rule_states: Mapping[str, Any] | None,
     key: str,
@@ -115,7 +120,8 @@ def _evaluate(
             steps, values = steps.tolist(), cols.tolist()
     elif len(steps) >= FAST_MIN:
         total = sum(values)
-        if total - total == 0.0 and increasing(st["last"][0] if st.get("last") else None, steps):
+        if total - total == 0.0 and -_HUGE < min(values) and max(values) < _HUGE and increasing(
+                st["last"][0] if st.get("last") else None, steps):
             arr = np.array(values, dtype=float)  # all finite, no resume inside: numpy fast paths
     path = None
     if kind in _LEVEL_KINDS:  # only losses are read by the paired rules (overfitting, misalignment)
@@ -340,10 +346,13 @@ def _skip_replay(
 
 
 def _finite_sum(cols: np.ndarray, lo: float, hi: float) -> bool:
-    """Whether the values' sum, added left to right, is finite (the fast paths' condition), given their
-    smallest and largest: every value finite, and the partial sums too (certain below 1e307 / n per value)."""
+    """Whether the fast paths may take the values, given their smallest and largest: every value finite
+    and within ±1e200 (the closed forms divide by up to e^200), and their sum added left to right finite
+    (certain below 1e307 / n per value)."""
     if lo - lo != 0.0 or hi - hi != 0.0:
         return False  # a NaN or ±Inf among them
+    if not -_HUGE < lo <= hi < _HUGE:
+        return False  # the closed forms divide by (1 - a)^k down to e^-200: the loops take such values
     if max(-lo, hi) * cols.shape[0] < 1e307:
         return True
     with np.errstate(over="ignore", invalid="ignore"):

@@ -770,11 +770,11 @@ def test_extreme_and_infinite_values_leave_the_spike_state_finite_json():
         assert json.dumps(spike, allow_nan=False)
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the level's closed form says so
 @pytest.mark.parametrize("per_batch", [1, 250, 3000])
 def test_huge_finite_losses_leave_a_state_plain_json_can_hold(per_batch):
-    # a few finite losses near -1.8e308 once overflowed the plateau rule's running sums to -Inf: a state
-    # PostgreSQL's JSONB refuses (the batch would answer 500 and be retried for ever)
+    # a few finite losses near -1.8e308 once overflowed the plateau rule's running sums to -Inf, and huge
+    # gradient norms the level's closed form: a state PostgreSQL's JSONB refuses (the batch would answer 500
+    # and be retried for ever)
     import json
 
     from losswatch.server.detectors import RuleConfig, evaluate_run
@@ -784,6 +784,9 @@ def test_huge_finite_losses_leave_a_state_plain_json_can_hold(per_batch):
     values[2000] = 1.79e308
     states: dict = {}
     for b in range(0, 3000, per_batch):
-        batch = {"train/loss": (list(range(b, min(b + per_batch, 3000))), values[b:b + per_batch].tolist())}
-        states, _ = evaluate_run(states, {"train/loss": "loss"}, batch, RuleConfig.default(), lr=1e-3)
+        steps = list(range(b, min(b + per_batch, 3000)))
+        batch = {"train/loss": (steps, values[b:b + per_batch].tolist()),
+                 "grad_norm": (steps, np.abs(values[b:b + per_batch]).tolist())}
+        states, _ = evaluate_run(states, {"train/loss": "loss", "grad_norm": "grad_norm"}, batch,
+                                 RuleConfig.default(), lr=1e-3)
         json.dumps(states, allow_nan=False)  # raises on ±Inf / NaN
