@@ -280,7 +280,7 @@ def store_write_paths(work: Path, bodies: list[bytes], rounds: int = 3) -> dict[
     for backend in urls:
         before = n / statistics.median(times[(backend, False)])
         after = n / statistics.median(times[(backend, True)])
-        label = "copy" if backend == "postgresql" else "executemany_tuples"
+        label = "pipeline" if backend == "postgresql" else "executemany_tuples"  # PG: one pipelined round trip
         out[f"store_{backend}_sqlalchemy_points_per_s"] = before
         out[f"store_{backend}_{label}_points_per_s"] = after
         out[f"store_{backend}_write_speedup"] = after / before
