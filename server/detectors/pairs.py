@@ -38,7 +38,8 @@ class Overfitting(Detector):
     An evaluation counts when the validation loss is worse than its best by more than a margin (the
     largest of ``min_delta``·|best|, ``deviations`` noise scales of the evaluations themselves and
     ``giveback`` of the fall from the first evaluation to the best) while the (smoothed) training loss
-    fell since the previous evaluation and is below its level at the best; one beyond ``strong`` margins
+    fell since the previous evaluation and is below its level at the best by more than ``min_delta`` of
+    that level; one beyond ``strong`` margins
     counts twice. An evaluation at the
     same training level as the previous one (no training points in between) neither counts nor breaks
     the streak. Fires when the streak reaches ``patience`` if the validation loss also rose over it.
@@ -46,7 +47,7 @@ class Overfitting(Detector):
 
     Parameters:
         patience: consecutive counting evaluations (EarlyStopping's patience).
-        min_delta: relative margin over the best validation loss.
+        min_delta: relative margin over the best validation loss (and under the training loss at the best).
         deviations: noise scales (from second differences of the evaluations before) in the margin.
         giveback: share of the validation loss's fall so far that a rise must give back.
         strong: margins beyond which an evaluation counts twice.
@@ -130,9 +131,11 @@ class Overfitting(Detector):
         scatter = 0.0 if not self.deviations else math.inf if noise is None else self.deviations * noise
         margin = max(self.min_delta * abs(best), scatter,
                      self.giveback * (st["first_val"] - best))
-        # the training loss must be below its level at the best: after a blow-up the validation loss
-        # rises and the training loss falls back, which is not overfitting
-        if v > best + margin and prev_train is not None and tr < prev_train and tr < st["train_at_best"]:
+        # the training loss must be below its level at the best by `min_delta` of it, as the validation loss
+        # must be above its best: after a blow-up the validation loss rises and the training loss falls back
+        # to about where it was (a warm-up blow-up: 0.537 → 0.883 → 0.531), which is not overfitting
+        tb = st["train_at_best"]
+        if v > best + margin and prev_train is not None and tr < prev_train and tr < tb - self.min_delta * abs(tb):
             if st["streak"] == 0:
                 st["before"] = st["prev_val"]
                 st["first"] = s
@@ -236,7 +239,8 @@ class Misalignment(Detector):
     loss improved by more than ``min_delta`` (relative) and the metric's best beats its first value by
     no more than ``metric_delta`` (relative) nor by more than ``deviations`` noise scales of its own
     evaluations; judged from a jump, the metric must also have lost more than both since before the
-    jump. Fires after ``patience`` misaligned evaluations in a row (one judged from a jump counts
+    jump. A loss still no better than at the run's first evaluation (coming back from a blow-up) is never
+    misaligned. Fires after ``patience`` misaligned evaluations in a row (one judged from a jump counts
     twice). Resolves when the correlation is back above ``threshold + 0.4`` and the metric improves by more
     than ``metric_delta`` over the window, or when the loss stops improving.
     Consecutive points with the same loss level (the server passes one level per ingest batch, so a
@@ -258,6 +262,7 @@ class Misalignment(Detector):
 
     rule = "misalignment"
     severity = "warning"
+    keep = ("first_loss",)  # the loss at the run's first evaluation, kept across a resume
     mode: str = "max"
     loss_mode: str = "min"
     window: int = 6
@@ -412,6 +417,10 @@ class Misalignment(Detector):
                 ls[-1], ms[-1], ss[-1] = lv, v, s
                 continue
             st["g0"] = s
+            if st.get("first_loss") is None:
+                # the first evaluation's loss (a state saved before this entry existed: the worst it still holds)
+                known = ls + (st.get("before") or []) + [lv]
+                st["first_loss"] = max(known) if lsign > 0 else min(known)
             if ms:
                 _learn_noise(st, ms[-1])  # the previous evaluation is final now
             ls.append(lv)
@@ -456,10 +465,16 @@ class Misalignment(Detector):
                 # noise), and not regained it
                 near_bound = near_bound or msign * (pre - top) <= max(
                     self.metric_delta * (abs(pre) or 1.0), self.deviations * (st.get("mnoise") or 0.0))
+            # a loss still worse than at the run's first evaluation (coming back from a blow-up: a divergence,
+            # an exploding gradient) has learned nothing yet that the metric could show
+            fl = st.get("first_loss")
+            unlearnt = fl is not None and lsign * lw[-1] >= lsign * fl
             rho = 1.0
-            if (new_gain > self.min_delta and rise <= self.metric_delta and not near_bound) or st["active"]:
+            if (new_gain > self.min_delta and rise <= self.metric_delta and not near_bound and not unlearnt) \
+                    or st["active"]:
                 rho = spearman([-lsign * x for x in lw], [msign * x for x in mw])
-            bad = new_gain > self.min_delta and rho < self.threshold and rise <= self.metric_delta and not near_bound
+            bad = (new_gain > self.min_delta and rho < self.threshold and rise <= self.metric_delta and not near_bound
+                   and not unlearnt)
             # a metric that lost ground at a jump of the loss and stayed there while the loss recovered is
             # stronger evidence than a slow drift: it counts twice
             streak = st.get("streak", 0) + (2 if k > 0 else 1) if bad else 0

@@ -559,6 +559,35 @@ def test_a_collapsed_metric_wobbling_near_zero_has_not_risen():
     assert len(fired) == 1 and steps[5] < fired[0].step <= steps[8]
 
 
+def test_no_overfitting_when_the_training_loss_only_comes_back_after_a_blow_up():
+    # a warm-up blow-up after the first evaluation (a corpus run): the validation loss stays above its best
+    # while the training loss comes back to about its level at the best (0.537 → 0.531, 1 %), which is a
+    # recovery, not overfitting; the training loss must fall by `min_delta` of its level at the best
+    val = [0.5074, 0.9469, 0.7891, 0.6062, 0.6821, 0.7165, 0.7301, 0.7402]
+    train = [0.5374, 0.8835, 0.5720, 0.5324, 0.5306, 0.5300, 0.5296, 0.5290]
+    assert _feed_val(val, train) == []
+    # the same validation curve while the training loss falls well below its level at the best is overfitting
+    assert _feed_val(val, [0.5374, 0.8835, 0.5720, 0.5324, 0.45, 0.40, 0.36, 0.33]) != []
+
+
+def test_no_misalignment_while_the_loss_comes_back_from_a_blow_up():
+    # a divergence (a corpus run with the gradient clipping removed): the loss blows up by orders of
+    # magnitude, the accuracy falls to chance, and the loss then comes back down, still above where the run
+    # started; a recovery with nothing learnt that the metric could show, not a metric failing to follow
+    steps = [20 * (i + 1) for i in range(22)]
+    loss = [1.79, 1.76, 1.58, 1.43, 1.21, 1.10, 1.01, 0.92, 0.92, 0.82, 0.66, 0.55, 3.4e14, 1.1e7, 3.23, 2.68,
+            2.70, 2.48, 2.37, 2.42, 2.22, 2.22]
+    metric = [0.27, 0.20, 0.54, 0.44, 0.60, 0.60, 0.68, 0.66, 0.71, 0.70, 0.81, 0.86, 0.156, 0.156, 0.152, 0.156,
+              0.152, 0.159, 0.176, 0.152, 0.159, 0.152]
+    for batch in (1, 5, 22):
+        _, findings = _feed(metric, steps, key="val/accuracy", kind="metric", context={"loss": loss}, batch=batch)
+        assert _only(findings, "misalignment") == []
+    # the same metric while the loss goes on below where the run started is misaligned (a label-mapping bug)
+    learnt = loss[:14] + [1.5, 1.2, 1.0, 0.8, 0.7, 0.6, 0.55, 0.5]
+    _, findings = _feed(metric, steps, key="val/accuracy", kind="metric", context={"loss": learnt}, batch=1)
+    assert [f.action for f in _only(findings, "misalignment")] == ["fire"]
+
+
 def test_an_lr_rise_inside_a_batch_restarts_plateau_patience_however_batched():
     from losswatch.server.detectors import evaluate_run
 
