@@ -145,6 +145,9 @@ def alpha_of(window: int) -> float:
     return 2.0 / (window + 1.0)
 
 
+#: Below this, ``1 - p`` (an EMA's debiasing divisor, ``p`` the weight left on its start) rounds to exactly 1.0, so
+#: the fast paths skip dividing by it (the same bits): true of every run past its first few thousand points.
+NO_DEBIAS = 2.0 ** -54
 #: Batches at least this long (all steps increasing, all values finite) take the numpy fast paths.
 FAST_MIN = 32
 #: Points a fast path hands to the per-point loop in one batch before the loop takes the rest (each hand-over
@@ -153,6 +156,7 @@ HANDOVERS = 16
 
 
 _POWERS: dict[tuple[float, int, int], np.ndarray] = {}
+_POWERS_HELD = 0  # elements in _POWERS
 _POWERS_MAX = 1 << 21  # elements kept in all (16 MiB): enough for every (factor, batch length) a server sees
 
 
@@ -161,15 +165,18 @@ def powers(b: float, n: int, start: int = 1) -> np.ndarray:
     kept per exact ``(b, n, start)``: ``pow`` is the slowest step of the closed forms, and a server sees
     few factors and batch lengths. (Kept per length, not sliced from a longer one, so each element is
     computed as the uncached expression computes it.)"""
+    global _POWERS_HELD
     key = (b, n, start)
     out = _POWERS.get(key)
     if out is None:
         out = b ** np.arange(start, n + 1, dtype=float)
         out.flags.writeable = False
         if n <= _POWERS_MAX // 8:
-            if sum(map(len, _POWERS.values())) + n > _POWERS_MAX:
+            if _POWERS_HELD + n > _POWERS_MAX:  # (a running count: summing the lengths cost more than the pow)
                 _POWERS.clear()
+                _POWERS_HELD = 0
             _POWERS[key] = out
+            _POWERS_HELD += out.shape[0]
     return out
 
 
@@ -276,6 +283,10 @@ class Column(Sequence[Any]):
 
     def __repr__(self) -> str:
         return f"Column({self.a.tolist()!r})"
+
+
+#: the context values that hold one value per point (a :class:`Column`: the driver's per-point LR, no list made)
+PER_POINT = (list, tuple, Column)
 
 
 # --- the detector contract -------------------------------------------------------------------------
@@ -390,7 +401,11 @@ class Detector:
         st["last"] = None
 
     def _copy(self, state: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, list) else v) for k, v in state.items()}
+        out = dict(state)  # (then the lists, which the rules change in place: faster than a comprehension)
+        for k, v in state.items():
+            if isinstance(v, list):
+                out[k] = list(v)
+        return out
 
     # subclasses
     def _fresh(self) -> dict[str, Any]:  # pragma: no cover - abstract
@@ -413,7 +428,7 @@ def _slice(context: Mapping[str, Any], n: int, i: int, j: int) -> Mapping[str, A
     if i == 0 and j == n:
         return context
     return {
-        k: (v[i:j] if isinstance(v, (list, tuple)) and len(v) == n else v) for k, v in context.items()
+        k: (v[i:j] if isinstance(v, PER_POINT) and len(v) == n else v) for k, v in context.items()
     }
 
 
@@ -431,7 +446,7 @@ def increasing(last: int | None, steps: Sequence[int] | np.ndarray) -> bool:
 def per_point(context: Mapping[str, Any], name: str, n: int) -> Sequence[Any]:
     """A context entry as one value per point (``None`` where absent)."""
     v = context.get(name)
-    if isinstance(v, (list, tuple)):
+    if isinstance(v, PER_POINT):
         if len(v) != n:
             raise ValueError(f"context {name!r} has {len(v)} values for {n} points")
         return v

@@ -24,6 +24,7 @@ import numpy as np
 from losswatch.server.detectors.base import (
     FAST_MIN,
     HANDOVERS,
+    PER_POINT,
     Column,
     Finding,
     alpha_of,
@@ -100,7 +101,7 @@ def _evaluate(
         return st, [], None
     if len(steps) < n0:  # points already seen were skipped: so are their per-point context values
         cut = n0 - len(steps)
-        ctx = {k: (v[cut:] if isinstance(v, (list, tuple)) and len(v) == n0 else v) for k, v in ctx.items()}
+        ctx = {k: (v[cut:] if isinstance(v, PER_POINT) and len(v) == n0 else v) for k, v in ctx.items()}
     arr: np.ndarray | None = None
     bounds: tuple[float, float] | None = None
     if rules is None:
@@ -262,18 +263,21 @@ def _lr_points(series_kinds: Mapping[str, str], batch: Mapping[str, tuple[Sequen
     return None
 
 
-def _per_point_lr(lr_points: tuple[np.ndarray, np.ndarray], steps: Sequence[int] | np.ndarray) -> float | list[Any]:
-    """The LR in force at each step (the last LR point at or before it; None before the first)."""
+def _per_point_lr(lr_points: tuple[np.ndarray, np.ndarray], steps: Sequence[int] | np.ndarray
+                  ) -> float | Column | list[Any]:
+    """The LR in force at each step (the last LR point at or before it; None before the first): one
+    value, a :class:`~.base.Column` (plateau reads it as an array; the loop gets the same Python floats a
+    list holds) or a list where some point has none."""
     ls, lv = lr_points
     if len(steps) and steps[0] >= ls[0] and (lv.shape[0] == 1 or bool((lv == lv[0]).all())):
         return lv.item(0)  # one LR (as a set of the values would say: NaN never equals NaN)
     sa = np.asarray(steps)
     if sa.shape == ls.shape and bool((sa == ls).all()):
-        return lv.tolist()  # the usual batch: the LR logged at the very steps of the series
+        return Column(lv)  # the usual batch: the LR logged at the very steps of the series
     if increasing(None, sa):  # no resume inside the batch: one binary search per point, in numpy
         idx = np.searchsorted(ls, sa, side="right") - 1
         if idx[0] >= 0:
-            return lv[idx].tolist()
+            return Column(lv[idx])
         return [v if k >= 0 else None for k, v in zip(idx.tolist(), lv[idx].tolist(), strict=True)]
     out: list[Any] = []
     j = -1

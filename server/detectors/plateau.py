@@ -19,6 +19,9 @@ import numpy as np
 
 from losswatch.server.detectors.base import (
     HANDOVERS,
+    NO_DEBIAS,
+    PER_POINT,
+    Column,
     Detector,
     Finding,
     alpha_of,
@@ -29,6 +32,7 @@ from losswatch.server.detectors.base import (
     ema_path,
     num,
     per_point,
+    powers,
     series_label,
 )
 
@@ -43,6 +47,7 @@ PEERS_FACTOR = 3.0
 #: values beyond this magnitude are no level to judge (no loss is 1e290): their running sums would overflow
 #: to ±Inf, which a saved state (JSON; PostgreSQL's JSONB refuses Infinity) cannot hold
 _HUGE = 1e290
+_EVERY = np.empty(0, dtype=np.int64)  # (a marker: every point has its own LR)
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,9 @@ class Plateau(Detector):
             self._loop(st, steps, values, key, context, out)
             return
         lr = context.get("lr")
-        lrs = np.array(lr, dtype=float) if isinstance(lr, (list, tuple)) else None  # None -> NaN: no LR there
+        # one LR per point: as floats (None -> NaN: no LR there); the driver's Column is its array already
+        lrs = (np.asarray(lr, dtype=float) if isinstance(lr, Column) else np.array(lr, dtype=float)
+               ) if isinstance(lr, PER_POINT) else None
         m = len(steps)
         i = 0
         for _ in range(HANDOVERS):
@@ -150,6 +157,18 @@ class Plateau(Detector):
             return i if (last_lr is not None and lr > last_lr) or lr_ref is None or (lr < lr_ref * (
                 1.0 - self.lr_drop) and not lr_ref < _COLLAPSED * st["lr_max"]) else m
         seg = lrs[i:]
+        # (before the batch's first LR point: the LR seen last, as the loop has it)
+        before = np.nan if last_lr is None else last_lr
+        total = float(np.add.reduce(seg)) if lr_ref is not None else math.nan
+        if total - total == 0.0:
+            # every point has a finite LR (the usual batch): the LR before each is the one before it
+            prev = np.concatenate(([before], seg[:-1]))
+            with np.errstate(invalid="ignore"):
+                event = seg > prev
+                if not lr_ref < _COLLAPSED * st["lr_max"]:  # collapsed: only a rise restarts patience
+                    event |= seg < lr_ref * (1.0 - self.lr_drop)
+            k = int(np.argmax(event))
+            return i + k if event[k] else m
         valid = np.isfinite(seg)
         if not valid.any():
             return m
@@ -158,8 +177,6 @@ class Plateau(Detector):
         # the LR before each point: the last finite one (forward fill), NaN before any
         pos = np.where(valid, np.arange(seg.shape[0]), -1)
         np.maximum.accumulate(pos, out=pos)
-        # (before the batch's first LR point: the LR seen last, as the loop has it)
-        before = np.nan if last_lr is None else last_lr
         prev = np.concatenate(([before], np.where(pos >= 0, seg[pos], before)[:-1]))
         with np.errstate(invalid="ignore"):
             event = valid & ((seg > prev) | (seg < lr_ref * (1.0 - self.lr_drop)))
@@ -178,23 +195,52 @@ class Plateau(Detector):
         y = arr if sign > 0 else -arr
         m = y.shape[0]
         e0, ed0, p0 = st["e"], st["ed"], st["p"]
-        pw = p0 * b ** np.arange(1, m + 1, dtype=float)
-        e = ema_path(e0, y, a)
-        d = np.abs(y - np.concatenate(([st["y"]], y[:-1])))
-        ed = ema_path(ed0, d, a)
-        p_prev = np.concatenate(([p0], pw[:-1]))
-        hi = (np.concatenate(([e0], e[:-1])) + 5.0 * np.concatenate(([ed0], ed[:-1]))) / (1.0 - p_prev)
+        pwb = powers(b, m)  # b ** [1..m] (cached); p after each point is pwb · p0
+        # 1 - p before each point, the debiasing divisor: exactly 1.0 everywhere once p < 2^-54 (a run past its
+        # first few thousand points), where dividing by it changes no bit: skipped
+        c = None if p0 < NO_DEBIAS else 1.0 - np.concatenate(([p0], pwb[:-1] * p0))
+        if 0.0 < b and m <= int(200.0 / -math.log(b)):
+            # both EMAs in one closed form (ema_path's single block, the same operations in the same order)
+            # over a two-row array that also holds each EMA's value before the batch (row k: [k0, k1, ..])
+            ee = np.empty((2, m + 1))
+            ee[0, 0], ee[1, 0] = e0, ed0
+            t = ee[:, 1:]
+            d = t[1]  # |y - the point before it| (the noise's EMA input)
+            np.subtract(y[1:], y[:-1], out=d[1:])
+            d[0] = y[0] - st["y"]
+            np.abs(d, out=d)
+            t[0] = y
+            np.divide(t, pwb, out=t)
+            np.add.accumulate(t, axis=1, out=t)
+            t *= a
+            t += np.array([[e0], [ed0]])
+            t *= pwb
+            e, ed = ee[0, 1:], ee[1, 1:]
+            hi = ee[0, :-1] + 5.0 * ee[1, :-1]
+        else:
+            e = ema_path(e0, y, a)
+            d = np.abs(y - np.concatenate(([st["y"]], y[:-1])))
+            ed = ema_path(ed0, d, a)
+            hi = np.concatenate(([e0], e[:-1])) + 5.0 * np.concatenate(([ed0], ed[:-1]))
+        if c is not None:
+            hi /= c
         over = y > hi
-        if over.any():  # the EMAs up to that point do not depend on it: keep them, stop there
-            m = int(np.argmax(over))
+        k = int(np.argmax(over))
+        if over[k]:  # the EMAs up to that point do not depend on it: keep them, stop there
+            m = k
             if m == 0:
                 return 0
-            y, steps, pw, e, ed = y[:m], steps[:m], pw[:m], e[:m], ed[:m]
+            y, steps, e, ed = y[:m], steps[:m], e[:m], ed[:m]
         path = None
         if isinstance(lr, np.ndarray):
             lr = lr[:m]
-            ok = np.isfinite(lr)
-            if ok.any():
+            total = float(np.add.reduce(lr))
+            if total - total == 0.0:  # an LR at every point (the usual batch): each point's own
+                top = float(lr.max())
+                if st["lr_max"] is None or top > st["lr_max"]:
+                    st["lr_max"] = top
+                path = _EVERY
+            elif (ok := np.isfinite(lr)).any():
                 top = float(lr[ok].max())
                 if st["lr_max"] is None or top > st["lr_max"]:
                     st["lr_max"] = top
@@ -224,14 +270,19 @@ class Plateau(Detector):
                 del hs[1::2], hc[1::2], hn[1::2]
                 st["gap"] *= 2
             if n0 + j + 1 > self.warmup:
-                if path is not None:
+                if path is _EVERY:
+                    st["lr"] = float(lr[j])
+                elif path is not None:
                     st["lr"] = float(lr[path[j]]) if path[j] >= 0 else lr0
-                self._judge(st, s, n0 + j + 1, float(e[j]), float(ed[j]), float(pw[j]), float(cum[j]), key, label,
-                            out)
+                self._judge(st, s, n0 + j + 1, float(e[j]), float(ed[j]), float(pwb[j] * p0), float(cum[j]), key,
+                            label, out)
             i = j + 1
-        if path is not None:
+        if path is _EVERY:
+            st["lr"] = float(lr[-1])
+        elif path is not None:
             st["lr"] = float(lr[path[-1]]) if path[-1] >= 0 else lr0
-        st.update(n=n0 + m, e=float(e[-1]), ed=float(ed[-1]), p=float(pw[-1]), cum=float(cum[-1]), y=float(y[-1]))
+        st.update(n=n0 + m, e=float(e[-1]), ed=float(ed[-1]), p=float(pwb[m - 1] * p0), cum=float(cum[-1]),
+                  y=float(y[-1]))
         return m
 
     def _loop(self, st, steps, values, key, context, out) -> None:  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ import numpy as np
 
 from losswatch.server.detectors.base import (
     HANDOVERS,
+    NO_DEBIAS,
     Detector,
     Finding,
     alpha_of,
@@ -28,6 +29,7 @@ from losswatch.server.detectors.base import (
 
 _TINY = 1e-12  # the scale unit when the first loss is 0 (or floor is 0): pure log
 _LOG2 = math.log(2.0)
+_ASINH, _LOG = np.arcsinh, np.log
 _FMAX = 1.7976931348623157e308
 
 
@@ -36,9 +38,11 @@ def _z(y: float, u: float) -> float:
     1e300 it is log(2|y|/u), which asinh equals there, computed without the overflowing ratio. An
     infinite point must not make the baseline infinite (and the state, JSON, unwritable)."""
     q = y / u
+    # numpy's functions, not math's: the numpy path (:func:`_zs`) must give the same bits, and numpy's SIMD
+    # arcsinh differs from libm's in the last bit for about 1 value in 6 on AVX-512 machines
     if -1e300 < q < 1e300:
-        return math.asinh(q)
-    return math.copysign(_LOG2 + math.log(min(abs(y), _FMAX)) - math.log(u), y)
+        return float(_ASINH(q))
+    return math.copysign(_LOG2 + float(_LOG(min(abs(y), _FMAX))) - math.log(u), y)
 
 
 def _zs(arr: np.ndarray, u: float) -> np.ndarray:
@@ -249,16 +253,19 @@ class Spike(Detector):
         em = np.empty(n + 1)
         em[0] = em0
         ema_path(em0, y, a, out=em[1:])  # the baseline's EMA
-        pw = powers(b, n, 0) * p0  # p before each point, and after the last
-        c = 1.0 - pw[:-1]  # the debiasing divisor before each point
-        m_prev = em[:-1] / c  # the debiased baseline before each point
+        pb = powers(b, n, 0)  # p before each point, and after the last: pb · p0
+        # the debiasing divisor before each point, 1 - p: exactly 1.0 everywhere once p < 2^-54 (a run past its
+        # first few thousand points), where dividing by it changes no bit: skipped
+        c = None if p0 < NO_DEBIAS else 1.0 - pb[:-1] * p0
+        m_prev = em[:-1] if c is None else em[:-1] / c  # the debiased baseline before each point
         d = np.subtract(y, m_prev)
         np.abs(d, out=d)
         ed = np.empty(n + 1)
         ed[0] = ed0
         ema_path(ed0, d, a, out=ed[1:])  # its mean absolute deviation
         dev = ed[:-1] * self.deviations
-        dev /= c
+        if c is not None:
+            dev /= c
         dev += m_prev  # m_prev + deviations · ed / c
         thr = m_prev + math.log1p(self.rtol)
         np.maximum(thr, dev, out=thr)
@@ -266,15 +273,17 @@ class Spike(Detector):
         # the noise envelope before each point: the running largest of (log ratio + decay × the point's count),
         # the loop's expressions; a point past it (and past single_rtol) is a lone-batch candidate
         r = y - m_prev
-        kk = np.arange(k0 + 1, k0 + n + 1, dtype=float)
-        top = r + self.envelope_decay * kk
+        dk = np.arange(k0 + 1, k0 + n + 1, dtype=float)
+        dk *= self.envelope_decay  # the decay at each point's count
+        top = r + dk
         env0 = st.get("env")
         before = np.empty(n)
         before[0] = -math.inf if env0 is None else env0
         np.maximum.accumulate(top[:-1], out=before[1:])
         np.maximum(before[1:], before[0], out=before[1:])
         if self.single_rtol > 0.0:
-            lone = before - self.envelope_decay * kk + math.log(self.single_envelope)
+            lone = before - dk
+            lone += math.log(self.single_envelope)
             np.maximum(lone, math.log1p(self.single_rtol), out=lone)
             over |= r > lone
         # an exceeding point is winsorised in the loop: hand over exactly there
@@ -283,7 +292,7 @@ class Spike(Detector):
             j = n
         if j:
             st["env"] = float(max(before[j - 1], top[j - 1]))
-        st.update(em=float(em[j]), ed=float(ed[j]), p=float(pw[j]), k=k0 + j)
+        st.update(em=float(em[j]), ed=float(ed[j]), p=float(pb[j] * p0), k=k0 + j)
         return j if j < n else None
 
     def _loop(self, st, steps, values, key, out) -> None:  # type: ignore[no-untyped-def]

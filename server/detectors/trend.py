@@ -14,6 +14,7 @@ import numpy as np
 
 from losswatch.server.detectors.base import (
     HANDOVERS,
+    NO_DEBIAS,
     Detector,
     Finding,
     alpha_of,
@@ -116,8 +117,9 @@ class Divergence(Detector):
         n = y.shape[0]
         best0 = st["best"]
         e = ema_path(st["e"], y, a)
-        pw = powers(b, n) * st["p"]
-        sm = e / (1.0 - pw)
+        p0 = st["p"]
+        pb = powers(b, n)  # p after each point: pb · p0
+        sm = e if p0 < NO_DEBIAS else e / (1.0 - pb * p0)  # (dividing by 1.0: skipped)
         # the best before each point and after the last (bst[i + 1]: after point i), and its margin, computed
         # once for both tests (each element the same expression as point by point: the same bits)
         bst = np.empty(n + 1)
@@ -139,7 +141,7 @@ class Divergence(Detector):
             n = k
         if bst[n] < best0:
             st["best_step"] = steps[int(sm[:n].argmin())]
-        st.update(up=0, n=st["n"] + n, e=float(e[n - 1]), p=float(pw[n - 1]), best=float(bst[n]))
+        st.update(up=0, n=st["n"] + n, e=float(e[n - 1]), p=float(pb[n - 1] * p0), best=float(bst[n]))
         return n
 
     def _loop(self, st, steps, values, key, out) -> None:  # type: ignore[no-untyped-def]
