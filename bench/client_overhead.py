@@ -7,8 +7,9 @@ is installed), while the client's background threads really batch and post to a 
 running in another process (so its parsing does not compete with the training thread). It also
 times a bare ``deque.append`` of the same tuple as a floor, and ``run.finish()`` (everything
 delivered). Times are microseconds per call; ``finish_s`` is seconds. ``system_metrics_on_off(...)``
-times the same 3-scalar call with system metrics off and sampling every 0.1 s, in alternating blocks
-(issue 14: no added time on the training thread).
+times the same 3-scalar call with system metrics off, sampling every 0.02 s, and off again (the
+noise), in rotating blocks, and times one tick of the sampler (issue 14: no added time on the
+training thread).
 
 ``end_to_end(...)`` logs 10 series x N steps as fast as possible into a real ``losswatch serve`` on
 SQLite until ``run.finish()`` returns with every point stored, beside plain ``sqlite3`` executemany
@@ -129,21 +130,32 @@ def background_cpu(url: str, n_steps: int, spool_dir: str, name: str) -> dict[st
             "background_cpu_s_per_million_points": (total - main) / points * 1e6}
 
 
-def system_metrics_on_off(losswatch: Any, url: str, spool_dir: str, n_steps: int, blocks: int = 12) -> dict[str, Any]:
-    """``run.log()`` of 3 scalars with system metrics off and on, in alternating blocks (off, on, on,
-    off, ...) so that drift falls on both alike. Between two calls the loop sleeps 100 µs, as a training
-    step leaves the GIL to its kernels, and "on" samples every 0.1 s instead of the default 10 s: the
-    sampler thread (CPU, RSS and, with a GPU, its memory) really works while the calls are timed, and
-    each sample is a request of the sender thread (100 times the default rate)."""
-    per_block = max(500, n_steps // blocks)
+def system_metrics_on_off(losswatch: Any, url: str, spool_dir: str, n_steps: int, blocks: int = 60,
+                          interval: float = 0.02) -> dict[str, Any]:
+    """``run.log()`` of 3 scalars with system metrics off, on, and off again (an A/A arm: the noise
+    of this very comparison), a fresh run per block, the three arms in a rotating order (off, on, off2;
+    on, off2, off; ...) so that drift and order fall on all alike. Between two calls the loop sleeps
+    100 µs, as a training step leaves the GIL to its kernels. "on" samples every ``interval`` (0.02 s,
+    500 times the default rate, one or two samples per block): the sampler thread really works while
+    the calls are timed. On a shared 2-core VM the median of a block of calls moves between about 1.5
+    and 5 µs from one block to the next in either arm, in phases of about 100 calls: with 12 blocks
+    (before) the off2/off ratio of one run ranged 0.66-1.03 and on/off 0.77-1.35, with 60 short
+    blocks both stay within about 3 %. Read on/off beside off2/off of the same run.
+
+    Separately, what the sampler holds the GIL for, whatever the loop: ``system_metrics_tick_us`` is
+    the median time of one tick (sample, encode, queue in the sender) run on this thread, and
+    ``..._ppm_at_default_interval`` that time per 10 s."""
+    per_block = max(150, n_steps // blocks)
     gap = time.sleep
-    times: dict[str, list[int]] = {"off": [], "on": []}
+    arms = ("off", "on", "off2")
+    times: dict[str, list[int]] = {arm: [] for arm in arms}
     samples = 0
     scalars = lambda i: {"train/loss": 1.0 / (i + 1), "train/loss/box": 0.5 / (i + 1), "lr": 3e-4}  # noqa: E731
     for block in range(blocks):
-        for arm in (("off", "on") if block % 2 == 0 else ("on", "off")):
+        order = arms[block % 3:] + arms[:block % 3]
+        for arm in (order if block % 6 < 3 else order[::-1]):
             run = losswatch.init(project="bench", name=f"system-metrics-{arm}", url=url, spool_dir=spool_dir,
-                                 system_metrics=0.1 if arm == "on" else False)
+                                 system_metrics=interval if arm == "on" else False)
             _time_calls(run.log, scalars, 200)  # warm up
             gc.collect()
             times[arm] += _time_calls(lambda d, i, run=run: run.log(d, step=i),  # the gap is in make(i), untimed
@@ -151,14 +163,36 @@ def system_metrics_on_off(losswatch: Any, url: str, spool_dir: str, n_steps: int
             if run._system is not None:
                 samples += run._system.samples
             run.finish()
-    off_p50, off_p99 = _percentiles(times["off"])
-    on_p50, on_p99 = _percentiles(times["on"])
-    return {
-        "system_metrics_off_median_us": off_p50, "system_metrics_off_p99_us": off_p99,
-        "system_metrics_on_median_us": on_p50, "system_metrics_on_p99_us": on_p99,
-        "system_metrics_on_off_median_ratio": on_p50 / off_p50 if off_p50 else None,
-        "system_metrics_samples_while_timed": samples,
-    }
+    out: dict[str, Any] = {}
+    for arm in arms:
+        out[f"system_metrics_{arm}_median_us"], out[f"system_metrics_{arm}_p99_us"] = _percentiles(times[arm])
+        out[f"system_metrics_{arm}_mean_us"] = sum(times[arm]) / len(times[arm]) / 1000
+    off, on, off2 = (out[f"system_metrics_{arm}_median_us"] for arm in arms)
+    out["system_metrics_on_off_median_ratio"] = on / off if off else None
+    out["system_metrics_off2_off_median_ratio"] = off2 / off if off else None  # A/A: the noise
+    on_mean, off_mean = out["system_metrics_on_mean_us"], out["system_metrics_off_mean_us"]
+    out["system_metrics_on_off_mean_ratio"] = on_mean / off_mean if off_mean else None
+    out["system_metrics_interval_s"] = interval
+    out["system_metrics_samples_while_timed"] = samples
+    out.update(system_metrics_tick(losswatch, url, spool_dir))
+    return out
+
+
+def system_metrics_tick(losswatch: Any, url: str, spool_dir: str, ticks: int = 300) -> dict[str, Any]:
+    """One tick of the sampler thread (sample, encode, queue) timed on this thread: the GIL time a
+    sample takes from the process, every ``interval`` (torch imported, CUDA not initialised here)."""
+    from losswatch.client import system
+
+    run = losswatch.init(project="bench", name="system-metrics-tick", url=url, spool_dir=spool_dir,
+                         system_metrics=False)
+    sampler = system.SystemSampler(run, system.DEFAULT_INTERVAL)  # not started: ticked from here
+    nvml = system._Nvml()
+    sampler.tick(nvml)
+    ns = _time_calls(lambda _, i: sampler.tick(nvml), lambda i: None, ticks)
+    run.finish()
+    median, p99 = _percentiles(ns)
+    return {"system_metrics_tick_us": median, "system_metrics_tick_p99_us": p99,
+            "system_metrics_tick_ppm_at_default_interval": median / (system.DEFAULT_INTERVAL * 1e6) * 1e6}
 
 
 def end_to_end(n_steps: int = 200_000, work_dir: Path | None = None) -> dict[str, Any]:

@@ -63,10 +63,18 @@ def interval_of(option: Any) -> float | None:
     return value
 
 
+def _read(path: str) -> bytes:
+    """A small ``/proc`` file in one ``read`` (the kernel writes it while the GIL is released)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 16384)
+    finally:
+        os.close(fd)
+
+
 def _rss_mib() -> tuple[str, float] | None:
     try:
-        with open("/proc/self/statm", "rb") as f:
-            return "sys/rss_mib", int(f.read().split()[1]) * _PAGE / _MIB
+        return "sys/rss_mib", int(_read("/proc/self/statm").split()[1]) * _PAGE / _MIB
     except (OSError, ValueError, IndexError):
         pass
     try:
@@ -80,14 +88,16 @@ def _rss_mib() -> tuple[str, float] | None:
 
 def _mem_percent() -> float | None:
     try:
-        info = {}
-        with open("/proc/meminfo", "rb") as f:
-            for line in f:
-                name, _, rest = line.partition(b":")
-                info[name] = int(rest.split()[0])
-        return 100.0 * (1 - info[b"MemAvailable"] / info[b"MemTotal"])
-    except (OSError, KeyError, ValueError, IndexError, ZeroDivisionError):
+        text = _read("/proc/meminfo")
+        return 100.0 * (1 - _meminfo_kib(text, b"MemAvailable:") / _meminfo_kib(text, b"MemTotal:"))
+    except (OSError, ValueError, IndexError, ZeroDivisionError):
         return None
+
+
+def _meminfo_kib(text: bytes, name: bytes) -> int:
+    """One field of ``/proc/meminfo`` (the two it needs, not its ~50 lines parsed each tick)."""
+    start = text.index(name) + len(name)
+    return int(text[start:text.index(b"\n", start)].split()[0])
 
 
 class _Nvml:
@@ -127,9 +137,14 @@ def _torch_gpus(out: dict[str, float]) -> None:
         if not cuda.is_available() or not cuda.is_initialized():
             return  # never initialise CUDA on the script's behalf
         for i in range(cuda.device_count()):
-            out[f"sys/gpu{i}/mem_allocated_mib"] = cuda.memory_allocated(i) / _MIB
-            out[f"sys/gpu{i}/mem_reserved_mib"] = cuda.memory_reserved(i) / _MIB
-            out[f"sys/gpu{i}/mem_peak_mib"] = cuda.max_memory_allocated(i) / _MIB
+            # One allocator call per device: memory_allocated(), memory_reserved() and
+            # max_memory_allocated() each flatten and sort all of memory_stats() in Python, GIL held.
+            stats = cuda.memory_stats_as_nested_dict(i)
+            allocated = stats.get("allocated_bytes", {}).get("all", {})
+            reserved = stats.get("reserved_bytes", {}).get("all", {})
+            out[f"sys/gpu{i}/mem_allocated_mib"] = allocated.get("current", 0) / _MIB
+            out[f"sys/gpu{i}/mem_reserved_mib"] = reserved.get("current", 0) / _MIB
+            out[f"sys/gpu{i}/mem_peak_mib"] = allocated.get("peak", 0) / _MIB
     except Exception:  # noqa: BLE001 - a sample is not worth an error in training
         log.debug("losswatch: torch.cuda memory sample failed", exc_info=True)
 
@@ -173,9 +188,13 @@ class SystemSampler(threading.Thread):
             nvml = _Nvml()
             sample(self._state)  # the CPU baseline
             while not self._halt.wait(self.interval):
-                self._send(sample(self._state, nvml))
+                self.tick(nvml)
         except Exception:  # noqa: BLE001 - the boundary of the thread: system metrics stop, training goes on
             log.exception("losswatch: the system metrics thread failed; no more sys/* samples")
+
+    def tick(self, nvml: _Nvml | None = None) -> None:
+        """One sample, sent: all this thread does every ``interval`` (the bench times it)."""
+        self._send(sample(self._state, nvml))
 
     def _send(self, values: dict[str, float]) -> None:
         run = self._run

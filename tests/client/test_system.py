@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -75,3 +77,36 @@ def test_gpu_memory_is_sampled_once_the_script_uses_cuda() -> None:
     assert got["sys/gpu0/mem_allocated_mib"] >= 64 and got["sys/gpu0/mem_reserved_mib"] >= 64
     assert got["sys/gpu0/mem_peak_mib"] >= got["sys/gpu0/mem_allocated_mib"]
     del block
+
+
+def test_gpu_memory_takes_one_allocator_call_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """memory_allocated(), memory_reserved() and max_memory_allocated() each flatten and sort every
+    allocator statistic in Python with the GIL held: the sampler reads the nested stats once per GPU."""
+    calls: list[int] = []
+
+    def nested(i: int) -> dict[str, Any]:
+        calls.append(i)
+        mib = 1 << 20
+        return {"allocated_bytes": {"all": {"current": (10 + i) * mib, "peak": (30 + i) * mib}},
+                "reserved_bytes": {"all": {"current": (20 + i) * mib, "peak": 99 * mib}}}
+
+    def flattening(*_: Any) -> int:
+        raise AssertionError("flattens memory_stats() in Python")
+
+    cuda = SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True, device_count=lambda: 2,
+                           memory_stats_as_nested_dict=nested, memory_allocated=flattening,
+                           memory_reserved=flattening, max_memory_allocated=flattening)
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))
+    out: dict[str, float] = {}
+    system._torch_gpus(out)
+    assert calls == [0, 1]
+    assert out == {"sys/gpu0/mem_allocated_mib": 10, "sys/gpu0/mem_reserved_mib": 20, "sys/gpu0/mem_peak_mib": 30,
+                   "sys/gpu1/mem_allocated_mib": 11, "sys/gpu1/mem_reserved_mib": 21, "sys/gpu1/mem_peak_mib": 31}
+
+
+def test_memory_percent_reads_the_two_fields_of_meminfo(monkeypatch: pytest.MonkeyPatch) -> None:
+    meminfo = b"MemTotal:        1000 kB\nMemFree:          100 kB\nMemAvailable:     250 kB\nBuffers: 1 kB\n"
+    monkeypatch.setattr(system, "_read", lambda path: meminfo if path == "/proc/meminfo" else b"")
+    assert system._mem_percent() == 75.0
+    monkeypatch.setattr(system, "_read", lambda path: b"MemTotal: 1000 kB\n")  # no MemAvailable (old kernels)
+    assert system._mem_percent() is None
