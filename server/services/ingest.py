@@ -93,14 +93,14 @@ def _record(session: Session, db: Database, run_id: str, batch: list[SeriesBatch
     run = touch_run(session, run_id)
     if also is not None:
         also(session)
-    series = points.load_series(session, run_id, batch)
+    held = points.HeldChunks()  # the stored chunks come with the series, the new ones go with the last writes
+    series = points.load_series(session, run_id, batch, held)
     fresh: list[points.SeriesBatch] = []  # the detectors see only what is new (a late retry is not)
-    accepted = points.record_points(session, batch, series, fresh)
+    accepted = points.record_points(session, batch, series, fresh, held)
     ctx = alerts.run_context(session, run, db.settings.public_url)
     findings = monitor.evaluate_batch(ctx, run, fresh, series, session)
-    points.save_series(session, series)
     changed = alerts.apply_findings(session, ctx, findings)
-    firing = save_monitor_state(session, run_id, run.monitor_state or {})
+    firing = points.save_batch(session, run_id, series, held, run.monitor_state or {})
     active = alerts.active_alerts(session, run_id, also=changed) if firing or changed else []
     return {"accepted": accepted, "alerts": active}, bool(changed)
 

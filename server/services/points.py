@@ -25,14 +25,15 @@ from sqlalchemy.orm import Session
 from losswatch.client import wire
 from losswatch.server.errors import series_not_found
 from losswatch.server.services.batches import SeriesBatch, parse_batch
-from losswatch.server.services.runs import get_run
+from losswatch.server.services.runs import get_run, save_monitor_state, saved_monitor_state
 from losswatch.server.storage import chunks
 from losswatch.server.storage.chunk_batches import encode_many
 from losswatch.server.storage.chunks import Points
-from losswatch.server.storage.db import write_chunks
+from losswatch.server.storage.db import pipelined, read_pipelined, write_chunks, write_pipelined
 from losswatch.server.storage.models import Chunk, Series
 
-__all__ = ["SeriesBatch", "SeriesRow", "parse_batch", "record_points", "load_series", "save_series",
+__all__ = ["SeriesBatch", "SeriesRow", "HeldChunks", "parse_batch", "record_points", "load_series", "save_series",
+           "save_batch",
            "read_points", "iter_csv", "iter_chunks", "encode_floats", "get_series"]
 
 # --- recording -------------------------------------------------------------------------------
@@ -71,15 +72,27 @@ _UPDATE_SERIES = (
 )
 
 
-def load_series(session: Session, run_id: str, batch: list[SeriesBatch]) -> dict[str, SeriesRow]:
-    """All series of the run (detectors pair them), creating the batch's new keys."""
-    rows = {r.key: SeriesRow(*r) for r in session.execute(_SELECT_SERIES, {"rid": run_id})}
+def load_series(session: Session, run_id: str, batch: list[SeriesBatch],
+                held: HeldChunks | None = None) -> dict[str, SeriesRow]:
+    """All series of the run (detectors pair them), creating the batch's new keys.
+
+    With ``held`` on PostgreSQL, the stored chunks the batch touches are read in the same round trip
+    (``record_points`` takes them from ``held``): their series ids are this process's guess from the
+    run's last batch, checked against the rows read; a wrong guess (a new series, a run deleted and
+    made again) only costs ``record_points`` its own read."""
+    guess = held is not None and HOLD_WRITES and pipelined(session)
+    if guess:
+        rows = _load_with_chunks(session, run_id, batch, held)  # type: ignore[arg-type]
+    else:
+        rows = {r.key: SeriesRow(*r) for r in session.execute(_SELECT_SERIES, {"rid": run_id})}
     new = [{"run_id": run_id, "key": sb.key, "kind": sb.kind, "count": 0, "nonfinite": 0}
            for sb in batch if sb.key not in rows]
     if new:
         kinds = {n["key"]: n["kind"] for n in new}
         for sid, key in session.execute(_INSERT_SERIES, new):
             rows[key] = SeriesRow(sid, key, kinds[key])
+    if guess:
+        _remember_ids(run_id, rows)
     for sb in batch:
         row = rows[sb.key]
         if sb.kind_given and row.kind != sb.kind:
@@ -87,10 +100,96 @@ def load_series(session: Session, run_id: str, batch: list[SeriesBatch]) -> dict
     return rows
 
 
+# run id -> {series key: series id} as last read: the guess of ``load_series`` (ids never change; a
+# stale or wrong entry is caught by the check there). Bounded: the oldest runs are forgotten.
+_SERIES_IDS: dict[str, dict[str, int]] = {}
+_SERIES_IDS_MAX = 4096
+
+
+def _batch_ranges(batch: list[SeriesBatch], ids: dict[str, int]) -> list[tuple[int, int, int]] | None:
+    """The chunk ranges ``record_points`` reads for ``batch`` with these series ids, in its order;
+    None when a key of the batch has no id."""
+    ranges: list[tuple[int, int, int]] = []
+    for sb in batch:
+        if not len(sb.points):
+            continue
+        sid = ids.get(sb.key)
+        if sid is None:
+            return None
+        nos = sb.points.steps >> chunks.CHUNK_SHIFT
+        heads = np.flatnonzero(nos[1:] != nos[:-1]) + 1
+        ranges.extend(_chunk_ranges(sid, [int(nos[0]), *nos[heads].tolist()]))
+    return ranges
+
+
+def _load_with_chunks(session: Session, run_id: str, batch: list[SeriesBatch],
+                      held: HeldChunks) -> dict[str, SeriesRow]:
+    guess = _SERIES_IDS.get(run_id)
+    ranges = _batch_ranges(batch, guess) if guess is not None else None
+    if ranges is not None and 0 < len(ranges) <= _RANGES_PER_SELECT:
+        params: dict[str, int] = {}
+        for i, (sid, a, b) in enumerate(ranges):
+            params[f"s{i}"], params[f"a{i}"], params[f"b{i}"] = sid, a, b
+        found, old = read_pipelined(session, [(_SELECT_SERIES, {"rid": run_id}), (_select_old(len(ranges)), params)])
+    else:
+        found, old = read_pipelined(session, [(_SELECT_SERIES, {"rid": run_id})])[0], None
+    rows = {r[1]: SeriesRow(*r) for r in found}
+    if old is not None and guess is not None and all(
+            sb.key in rows and rows[sb.key].id == guess[sb.key] for sb in batch if len(sb.points)):
+        names = [c.name for c in _OLD_COLUMNS]
+        held.ranges, held.old = ranges, {(r[0], r[1]): dict(zip(names, r, strict=True)) for r in old}
+    return rows
+
+
+def _remember_ids(run_id: str, rows: dict[str, SeriesRow]) -> None:
+    _SERIES_IDS.pop(run_id, None)
+    _SERIES_IDS[run_id] = {k: r.id for k, r in rows.items()}
+    if len(_SERIES_IDS) > _SERIES_IDS_MAX:
+        _SERIES_IDS.pop(next(iter(_SERIES_IDS)), None)
+
+
 def save_series(session: Session, rows: dict[str, SeriesRow]) -> None:
-    changed = [{"sid": r.id, **{c: getattr(r, c) for c in _SUMMARY}} for r in rows.values() if r.dirty]
+    changed = _changed(rows)
     if changed:
         session.execute(_UPDATE_SERIES, changed)
+
+
+def _changed(rows: dict[str, SeriesRow]) -> list[dict[str, Any]]:
+    return [{"sid": r.id, **{c: getattr(r, c) for c in _SUMMARY}} for r in rows.values() if r.dirty]
+
+
+# False: every write of a batch goes to the database when it is made (the benchmark's "before" figure).
+HOLD_WRITES = True
+
+
+@dataclass
+class HeldChunks:
+    """Chunk rows of a batch, encoded but not written yet: :func:`save_batch` writes them with the
+    batch's last writes (on PostgreSQL one round trip for all of them)."""
+
+    inserts: list[dict[str, object]] = field(default_factory=list)
+    updates: list[dict[str, object]] = field(default_factory=list)
+    # The stored chunks of these ranges, read by ``load_series`` (None: not read there).
+    ranges: list[tuple[int, int, int]] | None = None
+    old: dict[tuple[int, int], Any] | None = None
+
+
+def save_batch(session: Session, run_id: str, rows: dict[str, SeriesRow], held: HeldChunks | None,
+               monitor_state: dict[str, Any]) -> bool:
+    """The last writes of an ingest batch, in the caller's transaction, in this order: the chunk rows
+    ``record_points`` held back, the changed series summaries (``save_series``) and the run's monitor
+    state (``save_monitor_state``, whose answer this returns: whether an alert of the run is firing).
+    On PostgreSQL they go in one psycopg pipeline, one round trip where they took three; the ORM's
+    pending changes (alerts just fired) are flushed first, so the firing check sees them."""
+    held = held or HeldChunks()
+    if HOLD_WRITES and pipelined(session):
+        session.flush()
+        row = write_pipelined(session, held.inserts, held.updates, [(_UPDATE_SERIES, _changed(rows))],
+                              saved_monitor_state(run_id, monitor_state))
+        return bool(row[0])
+    write_chunks(session, held.inserts, held.updates, _INSERT_CHUNK, _UPDATE_CHUNK)
+    save_series(session, rows)
+    return save_monitor_state(session, run_id, monitor_state)
 
 
 _CHUNKS = Chunk.__table__
@@ -147,7 +246,7 @@ def _special(value: float) -> str | None:
 
 
 def record_points(session: Session, batch: list[SeriesBatch], series: dict[str, SeriesRow],
-                  fresh: list[SeriesBatch] | None = None) -> int:
+                  fresh: list[SeriesBatch] | None = None, held: HeldChunks | None = None) -> int:
     """Write a parsed batch in the caller's transaction (the run already touched and locked).
     Updates the rows' summaries in memory (``save_series`` writes them). Returns points accepted.
 
@@ -155,7 +254,10 @@ def record_points(session: Session, batch: list[SeriesBatch], series: dict[str, 
     bit for bit, and the same wall time: what is new to the detectors. A retried batch that arrives
     after the batches sent after it (another server process took the retry first) adds nothing
     there, so it cannot look like the run going back in time; a chunk that such a retry leaves
-    unchanged is not rewritten."""
+    unchanged is not rewritten.
+
+    ``held``, when given, receives the chunk rows to write instead of the database (``save_batch``
+    writes them), unless an overwrite needs the series' range read back from the written chunks."""
     live = [sb for sb in batch if len(sb.points)]
     if not live:
         return 0
@@ -179,7 +281,7 @@ def record_points(session: Session, batch: list[SeriesBatch], series: dict[str, 
         a_list = [h - at for h in head_list[cuts[i]:cuts[i + 1]]]
         work.append((sb, row, no_list, a_list, [*a_list[1:], len(sb.points)]))
         ranges.extend(_chunk_ranges(row.id, no_list))
-    old = _read_old(session, ranges)
+    old = held.old if held is not None and held.old is not None and held.ranges == ranges else _read_old(session, ranges)
     # Every touched chunk, encoded together (new chunks, and appends after the stored points); an
     # overwrite or a retry comes back None and is merged below, one chunk at a time.
     parts: list[tuple[int, Any, Points]] = []
@@ -225,6 +327,10 @@ def record_points(session: Session, batch: list[SeriesBatch], series: dict[str, 
         if fresh is not None and (seen is None or not seen.all()):
             fresh.append(sb if seen is None or not seen.any() else SeriesBatch(
                 sb.key, sb.kind, sb.kind_given, Points(pts.steps[~seen], pts.values[~seen], pts.walls[~seen])))
+    if held is not None and HOLD_WRITES and not recompute:
+        held.inserts.extend(inserts)
+        held.updates.extend(updates)
+        return accepted
     write_chunks(session, inserts, updates, _INSERT_CHUNK, _UPDATE_CHUNK)
     for row in recompute:  # an overwrite may have removed the old min or max
         row.min_value, row.max_value = session.execute(

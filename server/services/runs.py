@@ -186,7 +186,14 @@ def touch_run(session: Session, run_id: str) -> TouchedRun:
 def save_monitor_state(session: Session, run_id: str, state: dict[str, Any]) -> bool:
     """Write the run's monitor state; whether an alert of the run is firing now (after the writes of
     the caller's transaction so far: call it after the alerts are applied)."""
-    return bool(session.execute(_SAVE_MONITOR, {"rid": run_id, "state": state}).scalar())
+    return bool(session.execute(*saved_monitor_state(run_id, state)).scalar())
+
+
+def saved_monitor_state(run_id: str, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The statement of :func:`save_monitor_state` and its parameters (for a caller that sends it
+    with other writes: ``points.save_batch``); it returns one row, one column: whether a run's alert
+    is firing."""
+    return _SAVE_MONITOR, {"rid": run_id, "state": state}
 
 
 # --- listing ---------------------------------------------------------------------------------
