@@ -72,17 +72,20 @@ def peer_levels(steps: Sequence[int] | np.ndarray, values: Sequence[float] | np.
 def reference(peers: Sequence[Mapping[int, float]], min_peers: int = MIN_PEERS) -> dict[str, list[Any]] | None:
     """The reference curve of several comparable runs' :func:`peer_levels`: at each grid step where at
     least ``min_peers`` of them have a level, the higher median of those levels (the middle one, or the
-    higher of the two middle ones) and how many they were. None when there is no such step."""
+    higher of the two middle ones), how many they were and their upper quartile ``u`` (the higher one at
+    a quarter from the top: the highest of two to four runs), the level a run can sit at without being
+    behind its peers. None when there is no such step."""
     steps: set[int] = set()
     for p in peers:
         steps.update(p)
-    out: dict[str, list[Any]] = {"s": [], "v": [], "n": []}
+    out: dict[str, list[Any]] = {"s": [], "v": [], "n": [], "u": []}
     for g in sorted(steps):
         vals = sorted(p[g] for p in peers if g in p)
         if len(vals) >= min_peers:
             out["s"].append(g)
             out["v"].append(vals[len(vals) // 2])
             out["n"].append(len(vals))
+            out["u"].append(vals[3 * len(vals) // 4])
     return out if out["s"] else None
 
 

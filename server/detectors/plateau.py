@@ -39,6 +39,9 @@ from losswatch.server.detectors.base import (
 _HIST = 32  # history checkpoints kept (thinned by half when full): window ends within ~3 % of the run
 #: an LR below this share of its peak has collapsed (not a schedule's drop): its further falls give no patience
 _COLLAPSED = 1e-3
+#: an LR that falls below this share of the LR just before it, in one step, was cut (no schedule's drop: step
+#: decay and ReduceLROnPlateau cut by 0.1–0.5)
+_CUT = 0.01
 #: stuck whatever its own start: a loss more than this many times the level comparable runs of the project had at
 #: the same step (the reference in ``st["peers"]``, ``detectors/peers.py``; docs/alerts.md gives the corpus figures)
 PEERS_FACTOR = 3.0
@@ -306,6 +309,8 @@ class Plateau(Detector):
                 elif lr_ref is None or (lr < lr_ref * keep and not lr_ref < _COLLAPSED * st["lr_max"]):
                     if lr_ref is not None:
                         restart = f"dropped from {num(lr_ref)} to {num(lr)}"
+                        if last_lr is not None and lr < _CUT * last_lr and lr < _COLLAPSED * st["lr_max"]:
+                            st["cut"] = s  # cut at once to below 0.1 % of its peak: a collapse, no schedule
                     lr_ref = lr
                 last_lr = lr
                 if st["lr_max"] is None or lr > st["lr_max"]:
@@ -363,6 +368,13 @@ class Plateau(Detector):
         pmin, pmax, share = self.min_patience, self.patience, self.share
         hs, hc, hn = st["hs"], st["hc"], st["hn"]
         start, since, last_lr, active, ref = st["start"], st["since"], st["lr"], st["active"], st["ref"]
+        # the step where the LR was cut at once below _COLLAPSED of its peak (``cut``, set by the loop: no
+        # schedule does that; a chain of ReduceLROnPlateau cuts or the end of an LR burst is no such cut);
+        # forgotten once the LR is back above (checked at the checkpoints, as the verdicts are: batch-invariant)
+        lr_max = st["lr_max"]
+        if st.get("cut") is not None and not (
+                last_lr is not None and lr_max is not None and last_lr < _COLLAPSED * lr_max):
+            st["cut"] = None
         span = (s - start) * share
         span = pmin if span < pmin else (pmax if span > pmax else span)
         if s - since < span or s - start < 3.0 * span:
@@ -415,13 +427,20 @@ class Plateau(Detector):
         peer = _far_above(st.get("peers"), s, m2) if sign > 0 else None
         # still far above its start or its peers, or its LR collapsed (< 0.1 % of its peak: not a
         # schedule's drop)
-        high = (start_level is not None and abs(m2) > self.level * abs(start_level)) or (
+        # with comparable runs at this step, its own start is no measure of "high": a run that sits within
+        # their spread (at or below their upper quartile) is where the project's runs are, not stuck
+        within = _within_peers(st.get("peers"), s, m2) if sign > 0 else False
+        high = (start_level is not None and abs(m2) > self.level * abs(start_level) and not within) or (
             last_lr is not None and st["lr_max"] is not None and last_lr < _COLLAPSED * st["lr_max"]
         ) or peer is not None
         flat = m1 - m2 < need
-        stuck = (never and flat) or (high and gain > rate and slowed and m1 - m2 < ratio * (m0 - m1))
+        # its LR has stayed collapsed for a whole span and the loss did not improve beyond its noise since:
+        # it cannot learn any more, whatever it reached before
+        dead = st.get("cut") is not None and s - st["cut"] >= span
+        stuck = (never and flat) or dead or (high and gain > rate and slowed and m1 - m2 < ratio * (m0 - m1))
         if stuck and st.get("cand") is None:
             st["cand"], st["why"] = s, [gain, never] + ([list(peer)] if peer is not None else [])
+            st["cand_dead"] = st["cut"] if dead else None
         if st.get("cand") is not None:
             # the flat stretch must hold for a quarter span after the evidence (a stall persists,
             # noise in sliding windows does not)
@@ -432,7 +451,10 @@ class Plateau(Detector):
                 peer = tuple(st["why"][2])  # the comparable runs' evidence, when it was seen
             stuck = True
         if stuck:
-            if never:
+            if st.get("cand_dead") is not None and not never:
+                how = (f"and its learning rate has stayed below {_COLLAPSED:.1%} of its peak ({num(lr_max)}) "
+                       f"since step {st['cand_dead']:,}: it cannot learn any more")
+            elif never:
                 gain = (first - m2) / (abs(m2) or 1.0)
                 how = f"and only {gain:.0%} better than its first {int(span):,} steps: it is not learning"
             else:
@@ -474,6 +496,18 @@ def _far_above(ref: dict[str, Any] | None, step: int, level: float) -> tuple[flo
         return None
     at, n = ref["v"][i], ref["n"][i]
     return (at, n) if at > 0.0 and level > PEERS_FACTOR * at else None
+
+
+def _within_peers(ref: dict[str, Any] | None, step: int, level: float) -> bool:
+    """True when the comparable runs (``detectors/peers.py``) have a level at or before ``step`` and
+    ``level`` is at most their upper quartile there (a reference without one: their median)."""
+    if not ref:
+        return False
+    i = bisect.bisect_right(ref["s"], step) - 1
+    if i < 0:
+        return False
+    top = (ref.get("u") or ref["v"])[i]
+    return level <= top
 
 
 def _mean(hs: list[int], hc: list[float], hn: list[int], lo: float, cum: float | None, n: int | None,

@@ -87,12 +87,13 @@ def test_reference_is_the_higher_median_of_at_least_two_runs(levels, expected):
     if expected is None:
         assert ref is None
     else:
-        assert ref == {"s": [100, 200], "v": [expected[0]] * 2, "n": [expected[1]] * 2}
+        assert {k: ref[k] for k in ("s", "v", "n")} == {"s": [100, 200], "v": [expected[0]] * 2, "n": [expected[1]] * 2}
+        assert ref["u"] == [sorted(levels)[3 * len(levels) // 4]] * 2  # the upper quartile
 
 
 def test_reference_only_where_enough_runs_reached_the_step():
     ref = P.reference([{100: 1.0, 200: 0.5, 300: 0.2}, {100: 2.0, 200: 0.7}, {100: 3.0}])
-    assert ref == {"s": [100, 200], "v": [2.0, 0.7], "n": [3, 2]}  # step 300: one run only
+    assert ref == {"s": [100, 200], "v": [2.0, 0.7], "n": [3, 2], "u": [3.0, 0.7]}  # step 300: one run only
 
 
 def test_attach_puts_the_reference_in_the_plateau_state_without_touching_the_input():
@@ -181,3 +182,15 @@ def test_the_same_plateau_however_the_run_is_batched():
 
     base = replay(len(v))
     assert base and base == replay(1) == replay(37) == replay(250)
+
+
+def test_within_peers_is_at_or_below_their_upper_quartile_at_the_last_reference_step():
+    from losswatch.server.detectors.plateau import _within_peers
+
+    ref = P.reference([{100: 1.0, 200: 0.5}, {100: 2.0, 200: 0.7}, {100: 3.0, 200: 0.9}, {100: 4.0, 200: 1.1}])
+    assert ref["u"] == [4.0, 1.1]
+    assert _within_peers(ref, 250, 1.1) and not _within_peers(ref, 250, 1.2)
+    assert _within_peers(ref, 150, 3.9)  # step 100's level until step 200
+    assert not _within_peers(ref, 50, 0.1) and not _within_peers(None, 250, 0.1)  # no reference there
+    # a reference stored before "u" existed: the median is the bar
+    assert _within_peers({"s": [100], "v": [0.5], "n": [2]}, 100, 0.5)
