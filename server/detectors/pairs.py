@@ -169,6 +169,31 @@ def _learn_noise(st: dict[str, Any], v: float) -> None:
         st["mnoise"] = d2 if st.get("mnoise") is None else 0.7 * st["mnoise"] + 0.3 * d2
 
 
+def _noise_trace(st: dict[str, Any], xs: list[float]) -> list[float | None]:
+    """The metric's noise (``st["mnoise"]``) after each of ``xs`` were learned in turn by :func:`_learn_noise`,
+    without changing ``st``: the same arithmetic, so the same bits (:func:`_learnt` stores the outcome)."""
+    fin = (st.get("mfin") or [])[-2:]
+    mn = st.get("mnoise")
+    out: list[float | None] = []
+    for x in xs:
+        if len(fin) == 2:
+            d2 = abs(x - 2.0 * fin[1] + fin[0]) / 1.95
+            mn = d2 if mn is None else 0.7 * mn + 0.3 * d2
+            fin = [fin[1], x]
+        else:
+            fin.append(x)
+        out.append(mn)
+    return out
+
+
+def _learnt(st: dict[str, Any], xs: list[float], trace: list[float | None]) -> None:
+    """The state :func:`_learn_noise` leaves after learning ``xs`` in turn (``trace``: :func:`_noise_trace`'s)."""
+    if xs:
+        st["mfin"] = (st.get("mfin", []) + xs[-3:])[-3:]
+        if trace[len(xs) - 1] is not None:
+            st["mnoise"] = trace[len(xs) - 1]
+
+
 def _leave(st: dict[str, Any], losses: list[float], w: int) -> None:
     """Keep the last ``w`` losses that left the window (the evaluations before it)."""
     st["before"] = (st.get("before") or [])[-w:] + losses[-w:]
@@ -293,7 +318,8 @@ class Misalignment(Detector):
                firsts: list[int], lo: int) -> int:
         """numpy path for a metric logged at many points (no alert open, all values finite) from point ``lo``
         on: each evaluation's window judged at its first point (``firsts``) as the loop does, in arrays, up to
-        the first evaluation that could be misaligned (a candidate for the rank correlation). Returns how many
+        the first evaluation whose pre-checks all hold (the loop's conditions for the rank correlation, the
+        metric's noise traced as the loop learns it: only those can be misaligned). Returns how many
         of ``firsts`` it took (all: the points up to the end are done; else the state stands just before the
         candidate's first point, for the loop)."""
         n = len(steps)
@@ -306,6 +332,8 @@ class Misalignment(Detector):
             ls[-1], ms[-1], ss[-1] = losses[f0 - 1], values[f0 - 1], steps[f0 - 1]
         ends = [f - 1 for f in firsts[1:]] + [n - 1] if firsts else []
         S, G = len(ls), len(firsts)
+        closed = [ms[-1]] + [values[e] for e in ends[:G - 1]]  # the evaluations closed before each is judged
+        trace = _noise_trace(st, closed)
         g1 = max(0, w - 1 - S)  # the first new evaluation with a full window
         stop = G
         if g1 < G:
@@ -325,7 +353,6 @@ class Misalignment(Detector):
             r = np.arange(wl.shape[0])
             l0, m0 = wl[r, k], wm[r, k]
             since = np.arange(w)[None, :] >= k[:, None]
-            gain = lsign * (l0 - wl[:, -1]) / np.where(l0 == 0.0, 1.0, np.abs(l0))
             hi, lo_m = np.where(since, wm, -np.inf).max(axis=1), np.where(since, wm, np.inf).min(axis=1)
             # judged from a jump: the metric's best *after* it (the evaluation at the loss's worst point may
             # predate the metric's fall)
@@ -334,19 +361,34 @@ class Misalignment(Detector):
             pre = (np.where(since, -np.inf, wm).max(axis=1) if msign > 0 else np.where(since, np.inf, wm).min(axis=1))
             den = np.where(m0 == 0.0, 1.0, np.abs(m0))
             den = np.where((k > 0) & (np.abs(pre) > den), np.abs(pre), den)
-            rise = msign * (top - m0) / den
+            # the metric's noise when each evaluation is judged: the evaluations closed before it learned
+            mnoise = np.array([x or math.inf for x in trace[g1:]])
+            up = msign * (top - m0)
+            rise = np.where(up > self.deviations * mnoise, np.inf, up / den)
             near = ((1.0 - top <= self.ceiling) & (hi <= 1.0)) if msign > 0 else ((0.0 <= lo_m) & (top <= self.ceiling))
             with np.errstate(invalid="ignore"):
-                lost = (k == 0) | (msign * (pre - top) > self.metric_delta * np.where(pre == 0.0, 1.0, np.abs(pre)))
-            cand = (gain > self.min_delta) & (rise <= self.metric_delta) & ~near & lost
+                gone = np.maximum(self.metric_delta * np.where(pre == 0.0, 1.0, np.abs(pre)),
+                                  self.deviations * np.where(np.isinf(mnoise), 0.0, mnoise))
+                lost = (k == 0) | (msign * (pre - top) > gone)
+            # the loss's gain counted from the best of the `window` losses before the window when that is better
+            # (a spike that recovered), and a loss no better than at the run's first evaluation (see _judge)
+            pad = np.full(w, lsign * np.inf)
+            ext = np.concatenate((pad, np.asarray(st.get("before") or [], dtype=float), fin_l))
+            prev = ext[(len(ext) - len(fin_l) - w + S + gs - (w - 1))[:, None] + np.arange(w)]
+            lb = prev.min(axis=1) if lsign > 0 else prev.max(axis=1)
+            ref = np.where((k > 0) | (lsign * l0 < lsign * lb), l0, lb)
+            new_gain = lsign * (ref - wl[:, -1]) / np.where(l0 == 0.0, 1.0, np.abs(l0))
+            fl = st.get("first_loss")
+            learnt = np.ones(len(gs), dtype=bool) if fl is None else lsign * wl[:, -1] < lsign * fl
+            # exactly the loop's conditions for computing the rank correlation: the others are not misaligned
+            cand = (new_gain > self.min_delta) & (rise <= self.metric_delta) & ~near & lost & learnt
             if cand.any():  # the loop judges it (rank correlation, streak)
                 stop = g1 + int(np.argmax(cand))
             if stop > g1:
                 st["streak"] = 0  # judged, not misaligned
         if stop:
             # the evaluations this path closed, in order, for the metric's noise (as the loop learns it)
-            for x in [ms[-1]] + [values[k] for k in ends[:stop - 1]]:
-                _learn_noise(st, x)
+            _learnt(st, closed[:stop], trace)
             full = ls + [losses[k] for k in ends[:stop]]
             if len(full) > w:  # the losses that leave the window
                 _leave(st, full[:-w], w)
